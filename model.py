@@ -1,0 +1,290 @@
+"""A from-scratch BERT (Devlin et al., 2019) whose module names are Hugging Face's state-dict keys.
+
+Shape legend, used in every comment below:
+  B batch, T tokens, H hidden size, N attention heads, D head size (H = N * D),
+  I intermediate (FFN) size, L labels.
+
+Each layer has two adapter slots, `attention.output.adapter` and `output.adapter`: identity
+modules that sit after the attention output projection and after the FFN output projection,
+before the residual add and LayerNorm (Houlsby et al., 2019, Fig. 2). adapters.py fills them.
+
+The task head pools the last layer one of two ways (`BertConfig.pooling`):
+  cls  -- BERT's pooler: tanh(dense(h[CLS])) (Devlin et al., 2019, sec. 3);
+  mean -- the attention-masked mean of all token states, no pooler (Reimers & Gurevych, 2019),
+          which is how sentence encoders such as all-MiniLM-L6-v2 were trained.
+"""
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from checkpoint import load_state_dict, resolve_model_dir
+from tokenizer import BertTokenizer
+
+DEFAULT_MODEL = "google-bert/bert-base-uncased"  # the paper's model
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522  # WordPiece vocabulary size
+    hidden_size: int = 768  # H
+    num_hidden_layers: int = 12  # encoder layers
+    num_attention_heads: int = 12  # N; D = H // N
+    intermediate_size: int = 3072  # I, the FFN's inner width
+    hidden_act: str = "gelu"  # "gelu" is the exact erf GELU, as in the original BERT
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings, sublayer outputs and the head
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities
+    max_position_embeddings: int = 512  # longest sequence the position table covers
+    type_vocab_size: int = 2  # segment A / segment B
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    initializer_range: float = 0.02  # std of the normal init for new weights
+    num_labels: int = 2  # L; 1 means regression (STS-B)
+    pooling: str = "cls"  # "cls" (BERT pooler) or "mean" (masked mean, no pooler)
+
+    @classmethod
+    def from_json(cls, path, **overrides):
+        """Build from an HF config.json; unknown HF fields are ignored, `overrides` win."""
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in {**raw, **overrides}.items() if k in known})
+        config.validate()
+        return config
+
+    def validate(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r}: allowed {sorted(ACTIVATIONS)}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling {self.pooling!r}: allowed 'cls', 'mean'")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),  # exact erf form
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        x = (self.word_embeddings(input_ids)  # (B, T, H)
+             + self.position_embeddings(positions)  # (T, H), broadcast over B
+             + self.token_type_embeddings(token_type_ids))  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.num_heads = c.num_attention_heads
+        self.query = nn.Linear(c.hidden_size, c.hidden_size)
+        self.key = nn.Linear(c.hidden_size, c.hidden_size)
+        self.value = nn.Linear(c.hidden_size, c.hidden_size)
+        self.dropout_p = c.attention_probs_dropout_prob
+
+    def forward(self, x, mask):
+        B, T, H = x.shape
+        N = self.num_heads
+        # (B, T, H) -> (B, T, N, D) -> (B, N, T, D)
+        q, k, v = (proj(x).view(B, T, N, H // N).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        # mask: (B, 1, 1, T) bool, True where the key is a real token; softmax(qk^T/sqrt(D)) v
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
+        return y.transpose(1, 2).reshape(B, T, H)  # (B, N, T, D) -> (B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    """Attention output projection, adapter slot, then residual add and LayerNorm."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.adapter = nn.Identity()  # slot: filled by adapters.add_adapters
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+
+    def forward(self, h, residual):
+        return self.LayerNorm(self.adapter(self.dropout(self.dense(h))) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(c)
+        self.output = BertSelfOutput(c)
+
+    def forward(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))  # (B, T, H) -> (B, T, I)
+
+
+class BertOutput(nn.Module):
+    """FFN output projection, adapter slot, then residual add and LayerNorm."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.adapter = nn.Identity()  # slot: filled by adapters.add_adapters
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+
+    def forward(self, h, residual):
+        return self.LayerNorm(self.adapter(self.dropout(self.dense(h))) + residual)  # (B, T, H)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(c)
+        self.intermediate = BertIntermediate(c)
+        self.output = BertOutput(c)
+
+    def forward(self, x, mask):
+        a = self.attention(x, mask)
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
+
+    def forward(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+
+    def forward(self, h):
+        return torch.tanh(self.dense(h[:, 0]))  # (B, T, H) -> [CLS] state (B, H)
+
+
+class BertModel(nn.Module):
+    """Embeddings + encoder (+ pooler when pooling is "cls"); forward returns (B, T, H)."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(c)
+        self.encoder = BertEncoder(c)
+        # With mean pooling the pooler takes no part in the computation, so it does not exist:
+        # no method can train it and no count includes it.
+        self.pooler = BertPooler(c) if c.pooling == "cls" else None
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = attention_mask.bool()[:, None, None, :]  # (B, T) -> (B, 1, 1, T), broadcast over N, T
+        return self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+
+
+class BertForSequenceClassification(nn.Module):
+    """BERT + pooling + dropout + linear head. L = 1 is regression, else classification."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        c.validate()
+        self.config = c
+        self.bert = BertModel(c)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.classifier = nn.Linear(c.hidden_size, c.num_labels)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        """BERT's init (normal(0, initializer_range), zero bias, unit LayerNorm): what new tensors get."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def pool(self, h, attention_mask):
+        if self.config.pooling == "cls":
+            return self.bert.pooler(h)  # (B, H)
+        m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1): padding contributes nothing
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        return self.classifier(self.dropout(self.pool(h, attention_mask)))  # (B, L)
+
+
+def read_pooling(model_dir):
+    """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config."""
+    path = Path(model_dir) / "1_Pooling" / "config.json"
+    if path.is_file() and json.loads(path.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"
+
+
+def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verbose=True):
+    """Load pretrained weights and tokenizer: returns (model, tokenizer).
+
+    name_or_path: a local directory, the alias "minilm", or a Hugging Face hub repo id.
+    pooling: "cls" or "mean"; None takes what the checkpoint declares (see read_pooling).
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    pooling = pooling or read_pooling(model_dir)
+    config = BertConfig.from_json(model_dir / "config.json", num_labels=num_labels, pooling=pooling)
+    model = BertForSequenceClassification(config)
+    report = load_state_dict(model, model_dir / "model.safetensors")
+    model.load_report = report
+    model.name_or_path = str(name_or_path)
+    if verbose:
+        print(f"model {name_or_path} ({model_dir}): pooling {pooling}")
+        print(report.summary())
+    return model, BertTokenizer.from_dir(model_dir)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def encoder_flops_per_token(config: BertConfig, seq_len: int) -> int:
+    """Forward FLOPs per token of the encoder: 2 per multiply-add in the q/k/v/output and FFN
+    matrices (4H^2 + 2HI), plus attention's QK^T and AV (2 * T * H)."""
+    H, I, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return n * 2 * (4 * H * H + 2 * H * I + 2 * seq_len * H)
+
