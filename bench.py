@@ -1,0 +1,240 @@
+"""Measure each method's training and evaluation speed on real GLUE batches, in one run.
+
+  python bench.py --model minilm --methods full bitfit adapter lora head --compare-hf
+
+Per method: median training-step time (device-synchronized, warm-up steps left out), real
+(non-pad) tokens/s over the measured steps, evaluation tokens/s (inference mode, larger
+batches), peak memory (CUDA), trainable parameters and optimizer-state bytes. Ratios against
+our own full fine-tuning come from the same run, on the same machine.
+
+--compare-hf runs the same measurement on transformers' BertForSequenceClassification (peft for
+LoRA) with the same weights, batch size and dtype. The reference gets its usual data pipeline:
+random batches padded to their longest sequence (DataCollatorWithPadding); ours gets
+length-bucketed batches. Both see the same examples; throughput counts real tokens only.
+--model bert-base-random builds BERT-base's config with random weights: speed only.
+"""
+import argparse
+import json
+import random
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import adapters
+import data
+from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token, load_pretrained
+from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
+from tokenizer import BertTokenizer
+from checkpoint import minilm_dir
+from train import pick_amp, pick_device
+
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense
+
+
+def build(model_name, pooling):
+    if model_name == "bert-base-random":
+        model = BertForSequenceClassification(BertConfig(num_labels=2, pooling=pooling or "cls"))
+        return model, BertTokenizer.from_dir(minilm_dir())  # MiniLM ships bert-base-uncased's vocabulary
+    return load_pretrained(model_name, num_labels=2, pooling=pooling, verbose=False)
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+               if torch.is_tensor(v) and v.ndim > 0)
+
+
+def hf_model(ours, method_cfg):
+    """transformers' BERT with our weights, the same method applied its usual way (peft for LoRA)."""
+    import transformers
+    c = ours.config
+    ref = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings, num_labels=c.num_labels,
+        attn_implementation="sdpa"))
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    method = method_cfg.method
+    if method == "lora":
+        import peft
+        return peft.get_peft_model(ref, peft.LoraConfig(
+            task_type="SEQ_CLS", r=method_cfg.lora_r, lora_alpha=method_cfg.lora_alpha,
+            lora_dropout=method_cfg.lora_dropout, target_modules=list(method_cfg.lora_targets),
+            modules_to_save=["classifier", "pooler"]))
+    head = ("classifier.", "bert.pooler.")
+    for name, p in ref.named_parameters():
+        p.requires_grad = (method == "full" or name.startswith(head)
+                           or (method == "bitfit" and name.endswith(".bias")))
+    return ref
+
+
+def hf_batches(split, batch_size, pad_id, seed):
+    """The reference pipeline: a random permutation cut into batches, each padded to its longest."""
+    order = list(range(len(split)))
+    random.Random(seed).shuffle(order)
+    out = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        T = max(len(split.input_ids[j]) for j in idx)
+        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        types = torch.zeros_like(ids)
+        for r, j in enumerate(idx):
+            ids[r, :len(split.input_ids[j])] = torch.tensor(split.input_ids[j])
+            types[r, :len(split.token_type_ids[j])] = torch.tensor(split.token_type_ids[j])
+        out.append({"input_ids": ids, "attention_mask": (ids != pad_id).long(), "token_type_ids": types,
+                    "labels": torch.as_tensor(split.labels[idx], dtype=torch.long)})
+    return out
+
+
+def measure(model, trainable, train_batches, eval_batches, args, device, amp_dtype, is_hf=False):
+    model.to(device).train()
+    params = [p for _, p in trainable]
+    optimizer = torch.optim.AdamW(params, lr=args.lr or 1e-4, fused=device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    fwd = torch.compile(model) if args.compile else model
+
+    def logits_of(b):
+        out = fwd(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
+        return out.logits if is_hf else out
+
+    reset_peak_memory(device)
+    step_times, tokens = [], 0
+    for i, batch in enumerate(train_batches[:args.warmup + args.steps]):
+        b = {k: v.to(device) for k, v in batch.items() if k != "index"}
+        timer = SyncTimer(device)
+        with autocast():
+            logits = logits_of(b)
+        F.cross_entropy(logits.float(), b["labels"]).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = timer.elapsed()
+        if i >= args.warmup:
+            step_times.append(seconds)
+            tokens += int(batch["attention_mask"].sum())
+    model.eval()
+    eval_tokens, eval_seconds = 0, 0.0
+    with torch.inference_mode(), autocast():
+        logits_of({k: v.to(device) for k, v in eval_batches[0].items()})  # warm-up
+        timer = SyncTimer(device)
+        for batch in eval_batches:
+            logits_of({k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")})
+            eval_tokens += int(batch["attention_mask"].sum())
+        eval_seconds = timer.elapsed()
+    synchronize(device)
+    return {"step_seconds_median": float(np.median(step_times)), "steps": len(step_times),
+            "train_tokens_per_second": tokens / sum(step_times),
+            "eval_tokens_per_second": eval_tokens / eval_seconds,
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+            "trainable": sum(p.numel() for p in params), "total": sum(p.numel() for p in model.parameters()),
+            "optimizer_state_bytes": optimizer_state_bytes(optimizer)}
+
+
+def mfu(row, config, device, seq_len):
+    """Model-FLOPs utilisation: 3x the forward FLOPs per real token (forward + backward) over peak."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    return None if peak is None else 3 * encoder_flops_per_token(config, seq_len) * row["train_tokens_per_second"] / (peak * 1e12)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="minilm", help="checkpoint, or bert-base-random (speed only)")
+    p.add_argument("--task", default="mrpc")
+    p.add_argument("--methods", nargs="+", default=list(adapters.METHODS), choices=adapters.METHODS)
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                   help="cls by default, so that our model and transformers' compute the same thing")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--steps", type=int, default=30, help="measured training steps per method")
+    p.add_argument("--warmup", type=int, default=3, help="steps run first and left out")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--lr", type=float, default=0.0)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compare-hf", action="store_true")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--out", default="", help="JSON file (default bench-<device>.json)")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    amp_dtype, _ = pick_amp("bf16" if args.amp == "fp16" else args.amp, device)
+    torch.manual_seed(0)
+    base, tokenizer = build(args.model, args.pooling)
+    task_data = data.load_task_data(args.task, tokenizer, data.resolve_data_dir(args.data_dir or None),
+                                    max_length=args.max_length, frac=1.0, seed=0)
+    ours_train = data.batches(task_data.train, args.batch_size, shuffle=True, seed=0, epoch=0)
+    ours_eval = data.batches(task_data.test, args.eval_batch_size, shuffle=False)
+    hf_train = hf_batches(task_data.train, args.batch_size, tokenizer.pad_token_id, seed=0)
+    hf_eval = hf_batches(task_data.test, args.eval_batch_size, tokenizer.pad_token_id, seed=0)
+    mean_len = float(np.mean([len(x) for x in task_data.train.input_ids]))
+    rows = []
+    for method in args.methods:
+        cfg = adapters.MethodConfig(method=method)
+        model = model_fresh(base)
+        trainable = adapters.apply_method(model, cfg)
+        row = {"method": method, "stack": "bertfit",
+               **measure(model, trainable, ours_train, ours_eval, args, device, amp_dtype)}
+        row["mfu"] = mfu(row, base.config, device, mean_len)
+        rows.append(row)
+        print(json.dumps(row))
+        if args.compare_hf and method != "adapter":  # no adapter in the reference stack
+            torch.manual_seed(0)
+            ref = hf_model(model_fresh(base), cfg)
+            ref_trainable = [(n, p) for n, p in ref.named_parameters() if p.requires_grad]
+            rows.append({"method": method, "stack": "hf",
+                         **measure(ref, ref_trainable, hf_train, hf_eval, args, device, amp_dtype, is_hf=True)})
+            print(json.dumps(rows[-1]))
+        del model
+    result = {"model": args.model, "task": args.task, "batch_size": args.batch_size, "max_length": args.max_length,
+              "environment": environment(device, amp_dtype), "rows": rows, "ratios": ratios(rows),
+              "padding_fraction": {"bertfit": data.padding_fraction(ours_train), "hf": data.padding_fraction(hf_train)}}
+    out = Path(args.out or f"bench-{device.type}.json")
+    write_json(out, result)
+    print_table(result)
+    print(f"wrote {out}")
+    return result
+
+
+def model_fresh(base):
+    model = BertForSequenceClassification(base.config)
+    model.load_state_dict(base.state_dict())
+    return model
+
+
+def ratios(rows):
+    ours = {r["method"]: r for r in rows if r["stack"] == "bertfit"}
+    hf = {r["method"]: r for r in rows if r["stack"] == "hf"}
+    out = {}
+    if "full" in ours:
+        for m, r in ours.items():
+            out[f"{m}_step_vs_full"] = r["step_seconds_median"] / ours["full"]["step_seconds_median"]
+            if r["peak_memory_bytes"] and ours["full"]["peak_memory_bytes"]:
+                out[f"{m}_memory_vs_full"] = r["peak_memory_bytes"] / ours["full"]["peak_memory_bytes"]
+    for m in hf.keys() & ours.keys():
+        out[f"{m}_tokens_per_second_vs_hf"] = ours[m]["train_tokens_per_second"] / hf[m]["train_tokens_per_second"]
+    return out
+
+
+def print_table(result):
+    env = result["environment"]
+    print(f"\n{result['model']} on {env['device_name']}, {env['dtype']}, batch {result['batch_size']}")
+    print(f"{'method':8} {'stack':8} {'step ms':>8} {'train tok/s':>12} {'eval tok/s':>11} "
+          f"{'peak MiB':>9} {'trainable':>11} {'optim MiB':>9} {'MFU':>6}")
+    for r in result["rows"]:
+        mem = f"{r['peak_memory_bytes'] / 2**20:9.0f}" if r["peak_memory_bytes"] else f"{'-':>9}"
+        mfu_ = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else f"{'-':>6}"
+        print(f"{r['method']:8} {r['stack']:8} {1e3 * r['step_seconds_median']:8.1f} "
+              f"{r['train_tokens_per_second']:12.0f} {r['eval_tokens_per_second']:11.0f} {mem} "
+              f"{r['trainable']:11,d} {r['optimizer_state_bytes'] / 2**20:9.1f} {mfu_}")
+    for k, v in result["ratios"].items():
+        print(f"  {k}: {v:.2f}")
+    print(f"  padding fraction: bertfit {result['padding_fraction']['bertfit']:.3f}, hf {result['padding_fraction']['hf']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

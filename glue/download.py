@@ -1,0 +1,222 @@
+"""Fetch GLUE's MRPC, CoLA and STS-B from the sources GLUE's download_glue_data.py uses, and check
+every byte against the copies pinned in glue/<task>.py.
+
+    python -m glue.download --tasks mrpc cola stsb --dir DIR [--base-url URL]
+
+CoLA and STS-B come as GLUE's zip archives; MRPC is built from SentEval's copy of the corpus
+and GLUE's list of dev ids, exactly as GLUE's `format_mrpc` does (see `build_mrpc`). Everything
+is written under a temporary directory inside DIR and verified there; only verified files are
+renamed into DIR/<Task dir>/, so a failed or corrupted download leaves nothing half-written.
+A mirror holding the five source files by name (CoLA.zip, STS-B.zip, msr_paraphrase_train.txt,
+msr_paraphrase_test.txt, mrpc_dev_ids.tsv) can stand in for the official URLs: pass --base-url
+or set GLUE_BASE_URL.
+"""
+import argparse
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from glue import TASKS, Task, get_task
+
+GLUE_DATA_URL = "https://dl.fbaipublicfiles.com/glue/data"  # CoLA.zip, STS-B.zip, ...
+SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
+OFFICIAL_URLS = {
+    "msr_paraphrase_train.txt": f"{SENTEVAL_URL}/msr_paraphrase_train.txt",
+    "msr_paraphrase_test.txt": f"{SENTEVAL_URL}/msr_paraphrase_test.txt",
+    "mrpc_dev_ids.tsv": "https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations.appspot.com"
+                        "/o/data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc",
+}
+BASE_URL_ENV = "GLUE_BASE_URL"
+TIMEOUT_S = 60  # per socket operation, so a stalled server ends in an error, not a hang
+CHUNK = 1 << 16
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Pinned:
+    name: str  # file name under MRPC/
+    remote: str  # file name at the source or mirror
+    size: int  # bytes
+    sha256: str
+    rows: int  # lines after the header (id pairs for dev ids)
+
+
+# Published with the same sizes and sha256 in huggingface/datasets' glue dataset_infos.json.
+MRPC_INPUTS = {
+    "train": Pinned("msr_paraphrase_train.txt", "msr_paraphrase_train.txt", 1047044,
+                    "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89", 4076),
+    "test": Pinned("msr_paraphrase_test.txt", "msr_paraphrase_test.txt", 441275,
+                   "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784", 1725),
+    "dev_ids": Pinned("dev_ids.tsv", "mrpc_dev_ids.tsv", 6222,
+                      "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", 408),
+}
+MRPC_TEST_HEADER = "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def url_for(remote: str, base_url: str | None = None) -> str:
+    """The official URL of a source file, or its place on a mirror (argument, else $GLUE_BASE_URL)."""
+    base_url = base_url or os.environ.get(BASE_URL_ENV)
+    if base_url:
+        return f"{base_url.rstrip('/')}/{remote}"
+    return OFFICIAL_URLS.get(remote, f"{GLUE_DATA_URL}/{remote}")
+
+
+def check(path: Path, size: int, sha256: str, what: str):
+    """Raise DownloadError naming `what` unless the file has exactly this size and sha256."""
+    got_size, got_sha = path.stat().st_size, sha256_of(path)
+    if (got_size, got_sha) != (size, sha256):
+        raise DownloadError(f"{what}: expected {size} bytes with sha256 {sha256}, "
+                            f"got {got_size} bytes with sha256 {got_sha}")
+
+
+def fetch(url: str, dest: Path):
+    """Stream `url` to `dest`; a short body (fewer bytes than Content-Length) is an error."""
+    print(f"downloading {url}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(dest, "wb") as out:
+            expected = response.headers.get("Content-Length")
+            received = 0
+            for block in iter(lambda: response.read(CHUNK), b""):
+                out.write(block)
+                received += len(block)
+    except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets, IncompleteRead
+        raise DownloadError(f"{url}: download failed ({type(e).__name__}: {e})") from None
+    if expected is not None and received != int(expected):
+        raise DownloadError(f"{url}: connection ended after {received} of {expected} bytes")
+
+
+def fetch_archive(task: Task, tmp: Path, base_url: str | None) -> dict:
+    """Download the task's GLUE zip and extract every file under its task directory, as GLUE's script
+    does. We know no checksum of the archive itself, so the split files extracted from it are what
+    ensure_task verifies. Returns {path relative to the task directory: extracted file}."""
+    url = url_for(task.archive, base_url)
+    fetch(url, tmp / task.archive)
+    out = {}
+    try:
+        with zipfile.ZipFile(tmp / task.archive) as archive:
+            for member in archive.infolist():
+                parts = PurePosixPath(member.filename).parts
+                if member.is_dir() or len(parts) < 2 or parts[0] != task.dir_name or ".." in parts:
+                    continue  # only files under CoLA/ (STS-B/), never outside it
+                rel = PurePosixPath(*parts[1:])
+                dest = tmp / "extracted" / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(archive.read(member))  # zipfile checks each member's CRC-32 here
+                out[str(rel)] = dest
+    except zipfile.BadZipFile as e:
+        raise DownloadError(f"{url}: not a valid zip archive ({e})") from None
+    return out
+
+
+def _text_lines(path: Path) -> list:
+    """Lines as GLUE's script reads them: text mode, universal newlines, and utf-8 (not utf-8-sig),
+    so the BOM of the MSR files stays in the header line it copies."""
+    with open(path, encoding="utf-8", newline=None) as f:
+        return f.readlines()
+
+
+def build_mrpc(task: Task, tmp: Path, base_url: str | None) -> dict:
+    """GLUE's `format_mrpc`, reimplemented: the header of msr_paraphrase_train.txt (BOM included) heads
+    train.tsv and dev.tsv; each later line, stripped and split into label, id1, id2, s1, s2, goes to
+    dev.tsv if (id1, id2) is in dev_ids.tsv, else to train.tsv. test.tsv gets a fixed header and a
+    running index in place of the label. Returns {file name: built file}."""
+    inputs = {}
+    for key, pin in MRPC_INPUTS.items():
+        url = url_for(pin.remote, base_url)
+        fetch(url, tmp / pin.name)
+        check(tmp / pin.name, pin.size, pin.sha256, url)
+        inputs[key] = tmp / pin.name
+    dev_ids = {tuple(row.strip().split("\t")) for row in _text_lines(inputs["dev_ids"])}
+    train_lines, test_lines = _text_lines(inputs["train"]), _text_lines(inputs["test"])
+    train, dev = [train_lines[0]], [train_lines[0]]
+    for row in train_lines[1:]:
+        label, id1, id2, s1, s2 = row.strip().split("\t")
+        (dev if (id1, id2) in dev_ids else train).append("\t".join([label, id1, id2, s1, s2]) + "\n")
+    test = [MRPC_TEST_HEADER]
+    for index, row in enumerate(test_lines[1:]):
+        _, id1, id2, s1, s2 = row.strip().split("\t")
+        test.append("\t".join([str(index), id1, id2, s1, s2]) + "\n")
+    out = {pin.name: path for pin, path in zip(MRPC_INPUTS.values(), inputs.values())}
+    for split, lines in (("train", train), ("dev", dev), ("test", test)):
+        path = tmp / task.files[split].name
+        path.write_text("".join(lines), encoding="utf-8", newline="\n")
+        out[task.files[split].name] = path
+    return out
+
+
+def ensure_task(task, data_dir, base_url: str | None = None) -> Path:
+    """Make sure DATA_DIR/<Task dir>/ holds the task's train, dev and test files; returns that directory.
+
+    Files already there are not fetched again; each is checked against its pinned sha256 and a
+    mismatch is reported with a warning that names the file (a hand-made copy still runs, but its
+    results are not comparable). Missing files are downloaded, verified and renamed into place;
+    an error names the URL or file and the expected against the received size and sha256."""
+    task = get_task(task) if isinstance(task, str) else task
+    data_dir = Path(data_dir)
+    task_dir = data_dir / task.dir_name
+    missing = []
+    for split, spec in task.files.items():
+        path = task_dir / spec.name
+        if not path.is_file():
+            missing.append(spec.name)
+        elif (got := sha256_of(path)) != spec.sha256:
+            warnings.warn(f"{path}: sha256 {got} differs from GLUE's {task.name} {split} file "
+                          f"(sha256 {spec.sha256}, {spec.size} bytes); results on it are not comparable")
+    if not missing:
+        return task_dir
+    print(f"{task.name}: {', '.join(missing)} missing under {task_dir}; fetching", file=sys.stderr)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The temporary directory sits in data_dir so the final renames stay on one filesystem (atomic).
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+        tmp = Path(tmp)
+        if task.archive is not None:
+            built = fetch_archive(task, tmp, base_url)
+        elif task.name == "mrpc":
+            built = build_mrpc(task, tmp, base_url)
+        else:
+            raise DownloadError(f"task {task.name}: no download source (set Task.archive)")
+        for spec in task.files.values():
+            if spec.name not in built:
+                raise DownloadError(f"{task.name}: the download produced no {spec.name}")
+            check(built[spec.name], spec.size, spec.sha256, f"{task.dir_name}/{spec.name}")
+        for rel, path in built.items():
+            dest = task_dir / rel
+            if not dest.exists():  # never overwrite a file that was already there
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dest)
+    return task_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--dir", default=None, help="data directory (default: $GLUE_DIR, else "
+                        "~/.cache/bertfit/glue_data; see data.resolve_data_dir)")
+    parser.add_argument("--base-url", default=None, help=f"mirror of the source files (or ${BASE_URL_ENV})")
+    args = parser.parse_args(argv)
+    from data import resolve_data_dir  # here, not at the top: data.py imports this module
+    data_dir = resolve_data_dir(args.dir)
+    for name in args.tasks:
+        print(f"{name}: ready in {ensure_task(name, data_dir, args.base_url)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""Tables and plots from a directory of runs: `python report.py results/cpu-minilm`.
+
+Reads every results.json below the directory (one per run, as train.py writes them), keeps the
+finished ones (status "complete" or "time_budget"), and writes RESULTS.md and PNG plots next to
+them. Every number comes from those files. Scores are the task's headline metric (results
+"best.metric": mrpc F1, cola Matthews, stsb Pearson) x 100 on the test split, which is GLUE's dev
+set; "@best" is the epoch with the best validation score, "@last" the final epoch. Spread over
+seeds is the sample standard deviation (n - 1). A hand-written ANALYSIS.md in the directory is
+included verbatim.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DONE = ("complete", "time_budget")
+METHODS = ("full", "bitfit", "adapter", "lora", "head")  # display order
+TASKS = ("mrpc", "cola", "stsb")
+METRIC_LABEL = {"f1": "F1", "matthews": "Matthews corr.", "pearson": "Pearson r", "spearman": "Spearman rho",
+                "accuracy": "accuracy"}
+COLORS = {"full": "tab:blue", "bitfit": "tab:orange", "adapter": "tab:green", "lora": "tab:red", "head": "tab:purple"}
+MIB = 2 ** 20
+
+
+def load(root: Path):
+    """-> (finished runs, ignored runs); each run is its results dict plus "dir"."""
+    runs, ignored = [], []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            r = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            r = {"status": "unreadable"}
+        r["dir"] = path.parent.relative_to(root).as_posix()
+        (runs if r.get("status") in DONE else ignored).append(r)
+    return runs, ignored
+
+
+def is_budget(r) -> bool:
+    return r["config"].get("time_budget", 0) > 0
+
+
+def summarize(r) -> dict:
+    """The numbers the tables need from one run; scores x 100."""
+    m = r["best"]["metric"]
+    best_val = max(e["val"][m] for e in r["evals"])
+    # time to 95% of the run's own best validation score; undefined when that best is not positive
+    t95 = next((e["train_seconds"] for e in r["evals"] if e["val"][m] >= 0.95 * best_val), None) \
+        if best_val > 0 else None
+    steps = [e["step_seconds"]["median"] for e in r["epochs"] if e["step_seconds"]["median"] is not None]
+    return {"best": 100 * r["best"]["test"][m], "last": 100 * r["epochs"][-1]["test"][m],
+            "best_epoch": r["best"]["epoch"], "epochs": len(r["epochs"]), "train_s": r["time"]["train_seconds"],
+            "t95": t95, "peak_mib": r["time"]["peak_memory_bytes"] / MIB,
+            "trainable": r["params"]["trainable"], "pct": 100 * r["params"]["trainable"] / r["params"]["total"],
+            "step_ms": 1000 * statistics.median(steps) if steps else None,
+            "tok_s": statistics.mean(e["tokens_per_second"] for e in r["epochs"])}
+
+
+def mean_std(xs):
+    """(mean, sample std, n) of the values that are not None; std None for fewer than 2."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, 0
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def fmt(xs, digits=2, spread=True) -> str:
+    """"mean ± std" (or the mean alone: one value, or spread=False); "–" when there is none."""
+    m, s, n = mean_std(xs)
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None and spread else "")
+
+
+def rank(x, order) -> tuple:
+    """Sort key: known names in display order, then the others alphabetically."""
+    return (order.index(x) if x in order else len(order), x)
+
+
+def ordered(names, order) -> list:
+    return sorted(names, key=lambda x: rank(x, order))
+
+
+def group(runs, key):
+    cells = defaultdict(list)
+    for r in runs:
+        cells[key(r)].append(r)
+    return cells
+
+
+def values(rs, field):
+    return [summarize(r)[field] for r in rs]
+
+
+def table(header, rows) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def listing(xs, axis=False) -> str:
+    """The distinct values; more than one of a setting that should be fixed is flagged (an axis is not)."""
+    xs = sorted({x if isinstance(x, str) else f"{x:g}" if isinstance(x, float) else str(x) for x in xs},
+                key=lambda x: (len(x), x) if x.isdigit() else (0, x))
+    return ", ".join(xs) + (" (mixed!)" if len(xs) > 1 and not axis else "")
+
+
+def header(runs, ignored) -> list:
+    env = [r["environment"] for r in runs]
+    cfg = [r["config"] for r in runs if not is_budget(r)]
+    memory = {"cpu": "CPU: peak resident set size of the process", "cuda": "CUDA: max memory allocated by tensors"}
+    lines = ["# Results", "", f"Made by `report.py` from {len(runs)} finished runs; do not edit by hand.", "",
+             f"- model: {listing(r['model'] for r in runs)} (pooling {listing(r['pooling'] for r in runs)})",
+             f"- hardware: {listing(e['device_name'] for e in env)}, device {listing(e['device'] for e in env)}, "
+             f"{listing(e['threads'] for e in env)} threads, world size {listing(e['world_size'] for e in env)}",
+             f"- precision: {listing(e['dtype'] for e in env)}; torch {listing(e['torch'] for e in env)}",
+             f"- peak memory: {'; '.join(memory.get(d.split(':')[0], d) for d in sorted({e['device'] for e in env}))}"]
+    if cfg:
+        methods = ordered({c["method"] for c in cfg}, METHODS)
+        lrs = ", ".join(f"{m} {listing(c['lr'] for c in cfg if c['method'] == m)}" for m in methods)
+        lines += [f"- protocol: {listing(c['epochs'] for c in cfg)} epochs, batch size "
+                  f"{listing(c['batch_size'] for c in cfg)}, max length {listing(c['max_length'] for c in cfg)} tokens, "
+                  f"warm-up {listing(c['warmup'] for c in cfg)} of steps, weight decay "
+                  f"{listing(c['weight_decay'] for c in cfg)}, AMP setting {listing(c['amp'] for c in cfg)}",
+                  f"- learning rates: {lrs}",
+                  f"- adapter size {listing(c['adapter_size'] for c in cfg)} ({listing(c['adapter_placement'] for c in cfg)}); "
+                  f"LoRA r {listing(c['lora_r'] for c in cfg)}, alpha {listing(c['lora_alpha'] for c in cfg)}, "
+                  f"targets {listing(c['lora_targets'] for c in cfg)}",
+                  f"- fractions {listing((c['frac'] for c in cfg), axis=True)}; "
+                  f"seeds {listing((c['seed'] for c in cfg), axis=True)}"]
+    budget = [r["config"] for r in runs if is_budget(r)]
+    if budget:
+        lines.append(f"- time-budget runs: {listing(c['time_budget'] for c in budget)} minutes of training "
+                     f"(evaluation excluded), epoch cap {listing(c['epochs'] for c in budget)}")
+    audits = [r.get("freeze_audit") for r in runs]
+    lines.append(f"- frozen-weights audit: {audits.count('passed')} of {len(runs)} runs passed")
+    if ignored:
+        names = ", ".join(f"{r['dir']} ({r.get('status')})" for r in ignored)
+        lines.append(f"- ignored {len(ignored)} unfinished runs: {names}")
+    return lines + [""]
+
+
+def main_tables(fixed) -> list:
+    lines = ["## Score by task, method and data fraction", "",
+             "Test score x 100, mean ± std over seeds; the other columns are means. Train time excludes "
+             "evaluation; t95 = training seconds until validation first reached 95% of the run's best.", ""]
+    for task, task_runs in sorted(group(fixed, lambda r: r["task"]).items(), key=lambda kv: rank(kv[0], TASKS)):
+        m = task_runs[0]["best"]["metric"]
+        rows = []
+        cells = group(task_runs, lambda r: (r["method"], r["frac"]))
+        for method, frac in sorted(cells, key=lambda k: (rank(k[0], METHODS), k[1])):
+            rs = cells[(method, frac)]
+            s = summarize(rs[0])
+            cost = [fmt(values(rs, k), 0, spread=False) for k in ("train_s", "t95", "peak_mib")]
+            rows.append([method, f"{frac:g}", len(rs), fmt(values(rs, "best")), fmt(values(rs, "last")),
+                         fmt(values(rs, "best_epoch"), 1, spread=False), f"{s['trainable']:,}", f"{s['pct']:.3f}",
+                         *cost])
+        lines += [f"### {task} ({METRIC_LABEL.get(m, m)})", ""]
+        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "best epoch",
+                        "trainable", "trainable %", "train time (s)", "t95 (s)", "peak memory (MiB)"], rows)
+    return lines
+
+
+def comparison(fixed) -> list:
+    lines = ["## Each method against full fine-tuning", "",
+             "Difference of the mean test score @best (x 100) from full fine-tuning's at the same fraction.", ""]
+    means = {k: mean_std(values(rs, "best"))[0] for k, rs in group(fixed, lambda r: (r["task"], r["frac"],
+                                                                                     r["method"])).items()}
+    others = ordered({k[2] for k in means} - {"full"}, METHODS)
+    rows = []
+    for task, frac in sorted({k[:2] for k in means}, key=lambda k: (rank(k[0], TASKS), k[1])):
+        full = means.get((task, frac, "full"))
+        if full is None:
+            continue
+        rows.append([task, f"{frac:g}", f"{full:.2f}"] +
+                    [f"{means[(task, frac, m)] - full:+.2f}" if (task, frac, m) in means else "–" for m in others])
+    if not rows:
+        return lines + ["No full fine-tuning runs to compare with.", ""]
+    return lines + table(["task", "frac", "full"] + [f"{m} − full" for m in others], rows)
+
+
+def stability(fixed) -> list:
+    lines = ["## Stability across seeds", "",
+             "Standard deviation over seeds of the test score @best (x 100), averaged over the fractions "
+             "(cells with one seed have none).", ""]
+    tasks = ordered({r["task"] for r in fixed}, TASKS)
+    rows = []
+    for method, rs in sorted(group(fixed, lambda r: r["method"]).items(), key=lambda kv: rank(kv[0], METHODS)):
+        stds = {k: mean_std(values(c, "best"))[1] for k, c in group(rs, lambda r: (r["task"], r["frac"])).items()}
+        per_task = [fmt([s for (t, _), s in stds.items() if t == task], spread=False) for task in tasks]
+        rows.append([method] + per_task + [fmt(list(stds.values()), spread=False)])
+    return lines + table(["method"] + [f"{t} std" for t in tasks] + ["all cells"], rows)
+
+
+def efficiency(fixed) -> list:
+    lines = ["## Cost per method", "", "Runs on the largest fraction of each task; step time is the median over "
+             "timed steps (warm-up excluded), mean over seeds.", ""]
+    rows = []
+    for (task, method), rs in sorted(largest_fraction(fixed).items(), key=task_method_key):
+        rows.append([task, method, f"{rs[0]['frac']:g}", len(rs), fmt(values(rs, "pct"), 3, False),
+                     *[fmt(values(rs, k), 0, spread=False) for k in ("step_ms", "tok_s", "peak_mib")]])
+    return lines + table(["task", "method", "frac", "seeds", "trainable %", "step time (ms)", "tokens/s",
+                          "peak memory (MiB)"], rows)
+
+
+def budget_table(budget) -> list:
+    if not budget:
+        return []
+    lines = ["## Fixed training-time budget", "", "All the training data; training stops when the budget "
+             "is spent (evaluation excluded). Test score x 100.", ""]
+    rows = []
+    for (task, method), rs in sorted(group(budget, lambda r: (r["task"], r["method"])).items(), key=task_method_key):
+        m = rs[0]["best"]["metric"]
+        rows.append([task, method, m, listing(r["config"]["time_budget"] for r in rs), len(rs),
+                     fmt(values(rs, "epochs"), 1, False), fmt([sum(e["steps"] for e in r["epochs"]) for r in rs], 0,
+                                                              False),
+                     fmt(values(rs, "best")), fmt(values(rs, "last")),
+                     *[fmt(values(rs, k), 0, spread=False) for k in ("train_s", "t95", "tok_s")]])
+    return lines + table(["task", "method", "metric", "budget (min)", "seeds", "epochs", "steps", "test @best",
+                          "test @last", "train time (s)", "t95 (s)", "tokens/s"], rows)
+
+
+def task_method_key(kv):
+    (task, method), _ = kv
+    return rank(task, TASKS), rank(method, METHODS)
+
+
+def largest_fraction(fixed) -> dict:
+    """(task, method) -> the runs at that cell's largest fraction (1.0 in a full grid)."""
+    out = {}
+    for key, rs in group(fixed, lambda r: (r["task"], r["method"])).items():
+        top = max(r["frac"] for r in rs)
+        out[key] = [r for r in rs if r["frac"] == top]
+    return out
+
+
+def axis_label(runs, split="test"):
+    m = runs[0]["best"]["metric"]
+    return f"{split} {METRIC_LABEL.get(m, m)} (x 100)"
+
+
+def plot_fractions(fixed, path):
+    tasks = ordered({r["task"] for r in fixed}, TASKS)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_runs = [r for r in fixed if r["task"] == task]
+        for method, rs in sorted(group(task_runs, lambda r: r["method"]).items(), key=lambda kv: rank(kv[0], METHODS)):
+            cells = group(rs, lambda r: r["frac"])
+            fracs = sorted(cells)
+            stats = [mean_std(values(cells[f], "best")) for f in fracs]
+            ax.errorbar(fracs, [s[0] for s in stats], yerr=[s[1] or 0 for s in stats], marker="o", capsize=3,
+                        label=method, color=COLORS.get(method))
+            ax.scatter([r["frac"] for r in rs], values(rs, "best"), s=10, alpha=0.4, color=COLORS.get(method))
+        ax.set(title=task, xlabel="fraction of training data", ylabel=axis_label(task_runs))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Test score @best-validation epoch vs data fraction (mean ± std over seeds, dots: seeds)")
+    save(fig, path)
+
+
+def plot_epochs(fixed, path):
+    """Validation and test score per epoch on the largest fraction: where overfitting shows."""
+    cells = largest_fraction(fixed)
+    tasks = ordered({t for t, _ in cells}, TASKS)
+    methods = ordered({m for _, m in cells}, METHODS)
+    fig, axes = plt.subplots(len(tasks), len(methods), figsize=(3.6 * len(methods), 3 * len(tasks)),
+                             squeeze=False, sharey="row")
+    for i, task in enumerate(tasks):
+        for j, method in enumerate(methods):
+            ax, rs = axes[i][j], cells.get((task, method), [])
+            for split, color in (("val", "tab:blue"), ("test", "tab:orange")):
+                for k, r in enumerate(rs):
+                    m = r["best"]["metric"]
+                    ax.plot([e["epoch"] for e in r["epochs"]], [100 * e[split][m] for e in r["epochs"]],
+                            marker=".", color=color, alpha=0.7, label=split if k == 0 else None)
+            frac = f", frac {rs[0]['frac']:g}, {len(rs)} seeds" if rs else ""
+            ax.set(title=f"{task} {method}{frac}", xlabel="epoch")
+            if j == 0 and rs:
+                ax.set_ylabel(axis_label(rs, "score:"))
+            ax.grid(alpha=0.3)
+            if rs:
+                ax.legend(fontsize=8)
+    fig.suptitle("Validation and test score per epoch (one line per seed)")
+    save(fig, path)
+
+
+def plot_time(runs, path):
+    """Test score against training seconds, from every evaluation of the budget runs (or of the
+    largest-fraction fixed-epoch runs when there are no budget runs)."""
+    budget = [r for r in runs if is_budget(r)]
+    chosen = budget or [r for rs in largest_fraction([r for r in runs if not is_budget(r)]).values() for r in rs]
+    tasks = ordered({r["task"] for r in chosen}, TASKS)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_runs = [r for r in chosen if r["task"] == task]
+        seen = set()
+        for r in sorted(task_runs, key=lambda r: (rank(r["method"], METHODS), r["seed"])):
+            m = r["best"]["metric"]
+            ax.plot([e["train_seconds"] for e in r["evals"]], [100 * e["test"][m] for e in r["evals"]], marker=".",
+                    color=COLORS.get(r["method"]), label=None if r["method"] in seen else r["method"])
+            seen.add(r["method"])
+        ax.set(title=task, xlabel="training time (s, evaluation excluded)", ylabel=axis_label(task_runs))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    kind = "time-budget runs" if budget else "largest-fraction runs"
+    fig.suptitle(f"Test score vs training time ({kind}; one line per seed)")
+    save(fig, path)
+
+
+def plot_cost(fixed, path):
+    cells = largest_fraction(fixed)
+    tasks = ordered({t for t, _ in cells}, TASKS)
+    methods = ordered({m for _, m in cells}, METHODS)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(tasks)
+    for ax, field, label in ((axes[0], "step_ms", "median step time (ms)"), (axes[1], "peak_mib", "peak memory (MiB)")):
+        for k, task in enumerate(tasks):
+            heights = [mean_std(values(cells.get((task, m), []), field))[0] or 0 for m in methods]
+            ax.bar([i + (k - (len(tasks) - 1) / 2) * width for i in range(len(methods))], heights, width, label=task)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set(xlabel="method", ylabel=label, title=label.split(" (")[0])
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(title="task", ncol=len(tasks), loc="upper center")
+    fig.suptitle("Cost per method on the largest fraction (mean over seeds)")
+    save(fig, path)
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(root) -> Path:
+    root = Path(root)
+    runs, ignored = load(root)
+    if not runs:
+        raise SystemExit(f"{root}: no finished results.json below it ({len(ignored)} unfinished)")
+    fixed = [r for r in runs if not is_budget(r)]
+    lines = header(runs, ignored)
+    plots = []
+    if fixed:
+        lines += main_tables(fixed) + comparison(fixed) + stability(fixed) + efficiency(fixed)
+        plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
+                  ("cost.png", plot_cost, fixed)]
+    lines += budget_table([r for r in runs if is_budget(r)])
+    plots.append(("metric_vs_time.png", plot_time, runs))
+    lines += ["## Plots", ""]
+    for name, draw, rs in plots:
+        draw(rs, root / name)
+        lines += [f"![{name}]({name})", ""]
+    analysis = root / "ANALYSIS.md"
+    if analysis.is_file():
+        lines += ["## Analysis", "", analysis.read_text().rstrip("\n"), ""]
+    out = root / "RESULTS.md"
+    out.write_text("\n".join(lines))
+    print(f"wrote {out} and {len(plots)} plots from {len(runs)} runs ({len(ignored)} unfinished ignored)")
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python report.py RESULTS_DIR")
+    report(sys.argv[1])

@@ -1,0 +1,299 @@
+"""Run a grid of fine-tuning configurations: one `python train.py` subprocess and one directory each.
+
+  python sweep.py --grid cpu --out results/cpu-minilm --epochs 3
+  python sweep.py --grid paper --out results/paper --shard 0/4 --device cuda:0   (4 GPUs, 4 shells)
+  python sweep.py --grid smoke --model minilm --out /tmp/smoke
+  python sweep.py --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
+  python sweep.py --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
+
+The grid is methods x tasks x fractions x seeds fixed-epoch runs, in directories
+`{task}-{method}-f{frac}-s{seed}`, plus one time-budget run per method x task on all the training
+data with the first seed, `{task}-{method}-budget{minutes}-s{seed}`, whose epoch cap is set high so
+that the budget, not the epoch count, ends it. Flags after `--` go to every train.py unchanged.
+
+A configuration whose results.json says "complete" or "time_budget" is skipped; one that says
+"running" or "interrupted" is started again with --resume (train.py continues from resume.pt).
+Each run's output is shown and also appended to train.log in its directory. Ctrl-C (or SIGTERM)
+asks the running train.py to stop, waits until it has written results.json, and ends the sweep;
+finished runs stay valid. Exit code: 0 all ran or were done, 1 some failed, 130 interrupted.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+TRAIN = Path(__file__).resolve().parent / "train.py"
+DONE = ("complete", "time_budget")  # results.json statuses of a finished run
+RESUMABLE = ("running", "interrupted")  # a run that stopped early; train.py --resume continues it
+PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that change the results
+
+
+@dataclass(frozen=True)
+class Preset:
+    methods: tuple  # fine-tuning methods (adapters.METHODS)
+    tasks: tuple  # GLUE tasks (glue.TASKS)
+    fracs: tuple  # fractions of the training pool; nested, so 0.3 is a subset of 0.5
+    seeds: tuple  # one fixed-epoch run per seed
+    epochs: int  # epochs of a fixed-epoch run
+    budget_minutes: float  # training minutes of a time-budget run; 0 = no budget runs
+    budget_epochs: int  # epoch cap of a time-budget run, high enough that the budget binds first
+    model: str = None  # --model; None = train.py's default (google-bert/bert-base-uncased)
+    max_length: int = None  # --max-length; None = train.py's default (128)
+
+
+PRESETS = {
+    # arXiv 2401.04051's protocol: 20 epochs per run, 5 seeds, 10-minute budget runs, BERT-base.
+    # On an H100 bitfit does ~350 MRPC epochs in 10 minutes, hence the cap of 1000.
+    "paper": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
+                    fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2, 3, 4), epochs=20,
+                    budget_minutes=10, budget_epochs=1000),
+    # The CPU study on MiniLM (6 layers, hidden 384): the two ends of the fraction range, 2 seeds.
+    # The epoch count is a placeholder: choose it with --epochs after measuring the speed.
+    "cpu": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
+                  fracs=(0.3, 1.0), seeds=(0, 1), epochs=3, budget_minutes=10, budget_epochs=100,
+                  model="minilm"),
+    # Seconds, not minutes: checks that the sweep, train.py and report.py fit together.
+    # 66 and 132 training examples of 16 tokens; evaluating 774 examples per run is most of the work.
+    "smoke": Preset(methods=("bitfit", "lora"), tasks=("mrpc",), fracs=(0.02, 0.04), seeds=(0,), epochs=1,
+                    budget_minutes=0.01, budget_epochs=100, model="minilm", max_length=16),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration of the grid: what train.py is told beyond the sweep's common flags."""
+    task: str
+    method: str
+    frac: float
+    seed: int
+    epochs: int
+    budget_minutes: float = 0.0  # > 0: a time-budget run
+
+    @property
+    def name(self) -> str:
+        kind = f"budget{self.budget_minutes:g}" if self.budget_minutes else f"f{self.frac:g}"
+        return f"{self.task}-{self.method}-{kind}-s{self.seed}"
+
+    def train_args(self) -> list:
+        args = ["--task", self.task, "--method", self.method, "--frac", f"{self.frac:g}",
+                "--seed", str(self.seed), "--epochs", str(self.epochs)]
+        return args + (["--time-budget", f"{self.budget_minutes:g}"] if self.budget_minutes else [])
+
+
+def grid(p: Preset) -> list:
+    """Every configuration of a preset, in a fixed order: seed-major, so that a sweep stopped
+    halfway has every cell with its first seeds; the time-budget runs last."""
+    runs = [Run(task, method, frac, seed, p.epochs)
+            for seed in p.seeds for task in p.tasks for method in p.methods for frac in p.fracs]
+    if p.budget_minutes:
+        runs += [Run(task, method, 1.0, p.seeds[0], p.budget_epochs, p.budget_minutes)
+                 for task in p.tasks for method in p.methods]
+    return runs
+
+
+def shard(runs: list, i: int, n: int) -> list:
+    """The i-th of n disjoint slices (0 <= i < n), round-robin so that each slice gets a mix of
+    tasks and methods; the union over i = 0..n-1 is `runs`, each configuration exactly once."""
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {i}/{n}")
+    return runs[i::n]
+
+
+def read_results(run_dir: Path):
+    """results.json as a dict; None when there is none; {"status": "unreadable"} when it is corrupt."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return {"status": "unreadable"}
+
+
+def differences(results: dict, run: Run, common: dict) -> list:
+    """Protocol fields where a finished run's config is not what this sweep asks for."""
+    cfg = results.get("config", {})
+    asked = {"epochs": run.epochs, "time_budget": run.budget_minutes,
+             **{k: common[k] for k in PROTOCOL if common.get(k) is not None}}
+    return [f"{k} {cfg[k]} (asked {v})" for k, v in asked.items()
+            if k in cfg and cfg[k] != v and str(cfg[k]) != str(v)]
+
+
+def run_one(run: Run, run_dir: Path, cmd: list, quiet: bool) -> int:
+    """Start train.py, copy its output to the terminal and to train.log, return its exit code.
+    On Ctrl-C or SIGTERM the child gets SIGINT (its own handler saves results.json) and we wait."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "ab") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        # A session of its own: a terminal's Ctrl-C reaches the sweep only, which forwards it once.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        interrupted, chunk = False, b"?"
+        while chunk:  # until end of file: train.py has exited
+            try:
+                chunk = proc.stdout.read1(65536)
+                log.write(chunk)
+                log.flush()
+                if not quiet:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                if not interrupted:  # first signal: ask train.py to stop; escalate if it hangs
+                    interrupted = True
+                    proc.send_signal(signal.SIGINT)
+                    _escalate_later(proc)
+        code = proc.wait()
+    if interrupted:
+        raise KeyboardInterrupt
+    return code
+
+
+def _escalate_later(proc, grace_seconds=60):
+    """SIGTERM after a grace period if train.py has not finished writing, then SIGKILL."""
+    def escalate():
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                proc.wait(grace_seconds)
+                return
+            except subprocess.TimeoutExpired:
+                proc.send_signal(sig)
+    threading.Thread(target=escalate, daemon=True).start()
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog="Flags after -- are passed to every train.py unchanged.")
+    p.add_argument("--grid", required=True, choices=sorted(PRESETS), help="preset grid")
+    p.add_argument("--out", required=True, help="results directory; one subdirectory per configuration")
+    p.add_argument("--tasks", help="comma list; overrides the preset's tasks")
+    p.add_argument("--methods", help="comma list; overrides the preset's methods")
+    p.add_argument("--fracs", help="comma list in (0, 1]; overrides the preset's fractions")
+    p.add_argument("--seeds", help="comma list of integers; overrides the preset's seeds")
+    p.add_argument("--epochs", type=int, help="epochs of a fixed-epoch run; overrides the preset's")
+    p.add_argument("--budget-minutes", type=float, help="time-budget runs' training minutes; 0 = none")
+    p.add_argument("--budget-epochs", type=int, help="time-budget runs' epoch cap")
+    p.add_argument("--shard", default="0/1", help="i/n: run only the i-th of n disjoint slices (0-based)")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations and which are done")
+    p.add_argument("--quiet", action="store_true", help="do not echo train.py's output (train.log has it)")
+    # passed to train.py when given (or when the preset sets them)
+    for flag, kind in [("--model", str), ("--data-dir", str), ("--batch-size", int), ("--max-length", int),
+                       ("--amp", str), ("--device", str), ("--pooling", str)]:
+        p.add_argument(flag, type=kind, help=f"passed to train.py {flag}")
+    args = p.parse_args(argv)
+    args.extra = extra
+
+    preset = PRESETS[args.grid]
+    split = lambda s, kind: tuple(kind(x) for x in s.split(",") if x.strip())  # noqa: E731
+    try:
+        axes = {k: split(getattr(args, k), kind) for k, kind in
+                [("tasks", str), ("methods", str), ("fracs", float), ("seeds", int)] if getattr(args, k)}
+    except ValueError as e:
+        p.error(f"--fracs takes numbers and --seeds integers, separated by commas: {e}")
+    preset = replace(preset, **axes, **{k: getattr(args, k) for k in ("epochs", "budget_minutes", "budget_epochs",
+                                                                    "model", "max_length")
+                                        if getattr(args, k) is not None})
+    checks = [(preset.epochs >= 1, f"--epochs must be >= 1, got {preset.epochs}"),
+              (preset.budget_minutes >= 0, f"--budget-minutes must be >= 0, got {preset.budget_minutes}"),
+              (preset.budget_epochs >= 1, f"--budget-epochs must be >= 1, got {preset.budget_epochs}"),
+              (all(0 < f <= 1 for f in preset.fracs), f"--fracs must be in (0, 1], got {preset.fracs}"),
+              (all(len(a) for a in (preset.tasks, preset.methods, preset.fracs, preset.seeds)),
+               "--tasks, --methods, --fracs and --seeds must not be empty")]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+        shard([], i, n)
+    except ValueError:
+        p.error(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {args.shard!r}")
+    args.shard_i, args.shard_n = i, n
+    args.preset = preset
+    # Task and method names are checked by train.py's own lists; imported here, not at the top,
+    # so that the grid arithmetic above needs no torch.
+    import adapters
+    import glue
+    for name, given, allowed in [("--tasks", preset.tasks, sorted(glue.TASKS)),
+                                 ("--methods", preset.methods, list(adapters.METHODS))]:
+        bad = [x for x in given if x not in allowed]
+        if bad:
+            p.error(f"{name}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    p, out = args.preset, Path(args.out)
+    common = {"model": p.model, "data_dir": args.data_dir, "batch_size": args.batch_size,
+              "max_length": p.max_length, "amp": args.amp, "device": args.device, "pooling": args.pooling}
+    common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
+    all_runs = grid(p)
+    runs = shard(all_runs, args.shard_i, args.shard_n)
+    where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
+    print(f"sweep --grid {args.grid} -> {out} ({where} configurations)", flush=True)
+
+    counts = {"ran": 0, "skipped": 0, "failed": 0}
+    failed, stale = [], []
+    start = time.perf_counter()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the sweep (and its train.py) like Ctrl-C
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        for k, run in enumerate(runs, 1):
+            run_dir = out / run.name
+            results = read_results(run_dir)
+            status = results["status"] if results else "new"
+            tag = f"[{k}/{len(runs)}] {run.name}"
+            if status in DONE:
+                diff = differences(results, run, common)
+                if diff:
+                    stale.append(run.name)
+                print(f"{tag}: done ({status}){'; differs: ' + ', '.join(diff) if diff else ''}", flush=True)
+                counts["skipped"] += 1
+                continue
+            resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
+            if args.dry_run:
+                epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
+                print(f"{tag}: {'to resume' if resume else 'to run'} ({status}{epochs})", flush=True)
+                continue
+            cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
+                   *args.extra, *(["--resume"] if resume else [])]
+            print(f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}", flush=True)
+            t0 = time.perf_counter()
+            code = run_one(run, run_dir, cmd, args.quiet)
+            results = read_results(run_dir)
+            status = results["status"] if results else "no results.json"
+            if code == 0 and status in DONE:
+                counts["ran"] += 1
+                print(f"{tag}: {status} in {time.perf_counter() - t0:.0f}s", flush=True)
+            else:
+                counts["failed"] += 1
+                failed.append(run.name)
+                print(f"{tag}: FAILED (exit code {code}, status {status}); see {run_dir / 'train.log'}", flush=True)
+    except KeyboardInterrupt:
+        print(f"sweep interrupted: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed "
+              f"before the stop; the interrupted run resumes on the next invocation", flush=True)
+        return 130
+    if stale:
+        print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
+              f"delete their directories to run them again", flush=True)
+    if args.dry_run:
+        todo = len(runs) - counts["skipped"]
+        print(f"dry run ({where}): {counts['skipped']} done, {todo} to run", flush=True)
+        return 0
+    print(f"sweep done in {time.perf_counter() - start:.0f}s ({where}): {counts['ran']} ran, "
+          f"{counts['skipped']} skipped, {counts['failed']} failed"
+          f"{' (' + ', '.join(failed) + ')' if failed else ''}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

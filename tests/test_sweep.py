@@ -1,0 +1,272 @@
+"""sweep.py's grid, shards, skip/resume/failure bookkeeping and Ctrl-C; report.py's tables checked
+against numbers worked out by hand on synthetic results files; and the whole pipeline end to end
+(sweep --grid smoke, a second sweep that runs nothing, report) on the real data and MiniLM."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import report
+import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the grid --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, fixed, budget", [("paper", 4 * 3 * 4 * 5, 4 * 3), ("cpu", 4 * 3 * 2 * 2, 4 * 3),
+                                                 ("smoke", 2 * 1 * 2 * 1, 2 * 1)])
+def test_preset_sizes(name, fixed, budget):
+    runs = sweep.grid(sweep.PRESETS[name])
+    assert sum(not r.budget_minutes for r in runs) == fixed
+    assert sum(bool(r.budget_minutes) for r in runs) == budget
+    assert len({r.name for r in runs}) == len(runs), "two configurations would share a directory"
+
+
+def test_paper_preset_is_the_papers_protocol():
+    p = sweep.PRESETS["paper"]
+    assert (p.epochs, p.budget_minutes, p.model) == (20, 10, None)  # None: train.py's BERT-base default
+    budget = [r for r in sweep.grid(p) if r.budget_minutes]
+    assert all(r.frac == 1.0 and r.epochs == p.budget_epochs and r.seed == 0 for r in budget)
+    assert budget[0].name == "mrpc-full-budget10-s0"
+    assert budget[0].train_args()[-2:] == ["--time-budget", "10"]
+
+
+def test_run_names_and_args():
+    run = sweep.Run("mrpc", "bitfit", 0.3, 0, epochs=20)
+    assert run.name == "mrpc-bitfit-f0.3-s0"
+    assert sweep.Run("cola", "lora", 1.0, 4, 20).name == "cola-lora-f1-s4"  # train.py's own default --out name
+    assert run.train_args() == ["--task", "mrpc", "--method", "bitfit", "--frac", "0.3", "--seed", "0", "--epochs", "20"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 300])
+def test_shards_cover_the_grid_exactly_once(n):
+    runs = sweep.grid(sweep.PRESETS["paper"])
+    slices = [sweep.shard(runs, i, n) for i in range(n)]
+    union = [r for s in slices for r in s]
+    assert sorted(union, key=runs.index) == runs  # every configuration once, none twice
+    assert max(map(len, slices)) - min(map(len, slices)) <= 1  # balanced
+    assert slices == [sweep.shard(runs, i, n) for i in range(n)]  # deterministic
+
+
+def test_bad_shard_and_axes_are_errors(capsys):
+    for bad in (["--shard", "2/2"], ["--shard", "x"], ["--fracs", "0,0.5"], ["--methods", "bitfit,nope"]):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--grid", "smoke", "--out", "x", *bad])
+    assert "allowed: full, bitfit, adapter, lora, head" in capsys.readouterr().err
+
+
+def test_overrides_and_passthrough():
+    args = sweep.parse_args(["--grid", "cpu", "--out", "x", "--fracs", "0.5", "--seeds", "3,4", "--epochs", "7",
+                             "--budget-minutes", "0", "--", "--eval-every", "20"])
+    runs = sweep.grid(args.preset)
+    assert len(runs) == 4 * 3 * 1 * 2 and {r.seed for r in runs} == {3, 4} and {r.epochs for r in runs} == {7}
+    assert args.preset.model == "minilm" and args.extra == ["--eval-every", "20"]
+
+
+# --- skip, resume, failure, Ctrl-C with a stand-in for train.py -----------------------------------------
+
+FAKE_TRAIN = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    a = sys.argv[1:]
+    out = Path(a[a.index("--out") + 1])
+    with open(out.parent / "calls.txt", "a") as f:
+        f.write(" ".join(a) + "\\n")
+    print("fake train", out.name)
+    def write(status):
+        (out / "results.json").write_text(json.dumps({"status": status, "config": {"epochs": 1}}))
+    if "cola" in a:
+        sys.exit(3)  # a crash
+    if out.parent.name == "sleep":
+        try:
+            write("running")
+            time.sleep(60)
+        except KeyboardInterrupt:
+            write("interrupted")
+            sys.exit(130)
+    write("complete")
+""")
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for s, h in handlers.items():  # sweep.main installs its own; give pytest its handlers back
+        signal.signal(s, h)
+
+
+def calls(out: Path) -> list:
+    return (out / "calls.txt").read_text().splitlines() if (out / "calls.txt").exists() else []
+
+
+def test_skip_resume_and_failures(tmp_path, fake_train, capsys):
+    out = tmp_path / "r"
+    base = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc,cola", "--methods", "bitfit", "--fracs", "0.1",
+            "--budget-minutes", "0", "--quiet"]
+    flags = base + ["--", "--lr", "1e-3"]  # after --: for train.py
+    (out / "mrpc-bitfit-f0.1-s0").mkdir(parents=True)
+    (out / "mrpc-bitfit-f0.1-s0" / "results.json").write_text('{"status": "interrupted"}')
+    assert sweep.main(flags) == 1  # cola crashes
+    text = capsys.readouterr().out
+    assert "1 ran, 0 skipped, 1 failed (cola-bitfit-f0.1-s0)" in text
+    first = calls(out)
+    assert len(first) == 2 and first[0].endswith("--lr 1e-3 --resume")  # interrupted -> resumed
+    assert "--model minilm" in first[0] and "--max-length 16" in first[0]
+    assert "fake train mrpc-bitfit-f0.1-s0" in (out / "mrpc-bitfit-f0.1-s0" / "train.log").read_text()
+
+    assert sweep.main(flags) == 1  # the done run is skipped, the failed one tried again
+    assert "0 ran, 1 skipped, 1 failed" in capsys.readouterr().out
+    assert calls(out)[2:] == [first[1]]
+
+    assert sweep.main(base + ["--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "mrpc-bitfit-f0.1-s0: done (complete)" in text and "cola-bitfit-f0.1-s0: to run" in text
+    assert len(calls(out)) == 3  # a dry run runs nothing
+
+    assert sweep.main(base + ["--epochs", "2", "--tasks", "mrpc"]) == 0  # the protocol changed
+    assert "differs: epochs 1 (asked 2)" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_run_and_it_resumes(tmp_path, fake_train, capsys):
+    out = tmp_path / "sleep"
+    flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit", "--fracs", "0.1",
+             "--budget-minutes", "0", "--quiet"]
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    assert sweep.main(flags) == 130
+    timer.join()
+    assert "sweep interrupted" in capsys.readouterr().out
+    results = json.loads((out / "mrpc-bitfit-f0.1-s0" / "results.json").read_text())
+    assert results["status"] == "interrupted"  # train.py got the signal and saved its state
+    os.rename(out, tmp_path / "woke")  # the stand-in sleeps only in a directory named sleep
+    assert sweep.main(flags[:3] + [str(tmp_path / "woke")] + flags[4:]) == 0
+    assert calls(tmp_path / "woke")[-1].endswith("--resume")
+
+
+# --- report on synthetic results ----------------------------------------------------------------------
+
+def fake_results(task, method, frac, seed, val, test, status="complete", budget=0.0, trainable=1000):
+    """A schema-complete results.json; val and test are the headline metric per epoch (0..1)."""
+    metric = {"mrpc": "f1", "cola": "matthews", "stsb": "pearson"}[task]
+    scores = lambda x: {"loss": 0.5, metric: x, "accuracy": x}  # noqa: E731
+    best = max(range(len(val)), key=lambda i: val[i])
+    epochs = [{"epoch": i + 1, "steps": 10, "train_seconds": 10.0, "examples_per_second": 32.0,
+               "tokens_per_second": 1000.0 * (i + 1), "step_seconds": {"median": 0.1 * (i + 1), "mean": 0.1, "p90": 0.2},
+               "padding_fraction": 0.1, "val": scores(v), "test": scores(t), "completed": True}
+              for i, (v, t) in enumerate(zip(val, test))]
+    return {"task": task, "method": method, "frac": frac, "seed": seed, "model": "minilm", "pooling": "mean",
+            "status": status, "params": {"total": 100_000, "trainable": trainable}, "freeze_audit": "passed",
+            "data": {"train_examples": 100, "val_examples": 10, "test_examples": 10, "padding_fraction": 0.1},
+            "epochs": epochs,
+            "evals": [{"epoch": i + 1, "step": 10 * (i + 1), "train_seconds": 10.0 * (i + 1), "val": e["val"],
+                       "test": e["test"]} for i, e in enumerate(epochs)],
+            "best": {"epoch": best + 1, "metric": metric, "val": epochs[best]["val"], "test": epochs[best]["test"]},
+            "time": {"train_seconds": 10.0 * len(val), "eval_seconds": 1.0, "peak_memory_bytes": 512 * 2 ** 20},
+            "nonfinite_steps": 0,
+            "environment": {"torch": "2.13.0", "python": "3.11", "device": "cpu", "device_name": "Test CPU (2 cores)",
+                            "dtype": "float32", "threads": 2, "world_size": 1},
+            "config": {"task": task, "method": method, "frac": frac, "epochs": 20 if budget else len(val),
+                       "time_budget": budget, "seed": seed, "model": "minilm", "lr": {"full": 2e-5}.get(method, 1e-3),
+                       "batch_size": 32, "max_length": 128, "warmup": 0.06, "weight_decay": 0.01, "amp": "off",
+                       "adapter_size": 64, "adapter_placement": "houlsby", "lora_r": 8, "lora_alpha": 16.0,
+                       "lora_targets": "query,value"}}
+
+
+def write(root: Path, r):
+    name = f"{r['task']}-{r['method']}-" + (f"budget{r['config']['time_budget']:g}" if r["config"]["time_budget"]
+                                             else f"f{r['frac']:g}") + f"-s{r['seed']}"
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(r))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    # mrpc bitfit, frac 1: the best validation epoch is 2; test there 0.80, 0.84, 0.82 -> 82.00 ± 2.00;
+    # last-epoch test 0.70, 0.72, 0.74 -> 72.00 ± 2.00; t95: 95% of 0.9 = 0.855, first reached at 20 s
+    for seed, (t, last) in enumerate([(0.80, 0.70), (0.84, 0.72), (0.82, 0.74)]):
+        write(tmp_path, fake_results("mrpc", "bitfit", 1.0, seed, [0.5, 0.9, 0.8], [0.6, t, last], trainable=1000))
+    # mrpc full, frac 1: test @best 0.85, 0.87, 0.86 -> 86.00 ± 1.00; bitfit - full = -4.00
+    for seed, t in enumerate([0.85, 0.87, 0.86]):
+        write(tmp_path, fake_results("mrpc", "full", 1.0, seed, [0.7, 0.8, 0.9], [0.5, 0.6, t], trainable=100_000))
+    # mrpc bitfit, frac 0.3, one seed: no std
+    write(tmp_path, fake_results("mrpc", "bitfit", 0.3, 0, [0.6, 0.7], [0.61, 0.65]))
+    # cola lora with a budget; and one interrupted run that must be ignored
+    write(tmp_path, fake_results("cola", "lora", 1.0, 0, [0.2, 0.4, 0.3], [0.25, 0.45, 0.35], budget=10.0))
+    write(tmp_path, fake_results("stsb", "adapter", 0.5, 0, [0.1], [0.1], status="interrupted"))
+    (tmp_path / "ANALYSIS.md").write_text("BitFit trails full fine-tuning by 4 points on MRPC.\n")
+    return tmp_path
+
+
+def test_report_tables_match_hand_computation(synthetic):
+    text = report.report(synthetic).read_text()
+    # method, frac, seeds, @best, @last, best epoch, trainable, %, train time, t95, peak memory
+    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | 2.0 | 1,000 | 1.000 | 30 | 20 | 512 |" in text
+    assert "| full | 1 | 3 | 86.00 ± 1.00 |" in text
+    assert "| bitfit | 0.3 | 1 | 65.00 | 65.00 | 2.0 |" in text
+    # cost at the largest fraction: step-time medians 100, 200, 300 ms over the epochs -> 200
+    assert "| mrpc | bitfit | 1 | 3 | 1.000 | 200 | 2000 | 512 |" in text
+    assert "| mrpc | 1 | 86.00 | -4.00 |" in text  # method-vs-full: bitfit's delta
+    # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
+    assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
+    # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
+    assert "| cola | lora | matthews | 10 | 1 | 3.0 | 30 | 45.00 | 35.00 | 30 | 20 | 2000 |" in text
+    assert "ignored 1 unfinished runs: stsb-adapter-f0.5-s0 (interrupted)" in text
+    assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
+    assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")
+    for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
+        assert (synthetic / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{png}]({png})" in text
+
+
+def test_time_to_95_percent():
+    r = fake_results("stsb", "full", 1.0, 0, [0.2, 0.5, 0.96, 1.0], [0.1, 0.2, 0.3, 0.4])
+    assert report.summarize(r)["t95"] == 30.0  # 0.96 >= 0.95 * 1.0 at the third evaluation
+    r = fake_results("cola", "full", 1.0, 0, [-0.1, 0.0], [0.0, 0.0])
+    assert report.summarize(r)["t95"] is None  # a best of 0 or below has no meaningful 95%
+
+
+def test_report_without_finished_runs_is_an_error(tmp_path):
+    write(tmp_path, fake_results("mrpc", "full", 1.0, 0, [0.1], [0.1], status="running"))
+    with pytest.raises(SystemExit, match="no finished results.json"):
+        report.report(tmp_path)
+
+
+# --- end to end: the real train.py on the real data -----------------------------------------------------
+
+def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
+    out = tmp_path / "smoke"
+    cmd = [sys.executable, str(ROOT / "sweep.py"), "--grid", "smoke", "--model", "minilm", "--out", str(out),
+           "--data-dir", str(glue_dir), "--quiet"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "6 ran, 0 skipped, 0 failed" in first.stdout
+    results = sorted(out.glob("*/results.json"))
+    assert len(results) == 6
+    mtimes = [p.stat().st_mtime_ns for p in results]
+    for p in results:
+        r = json.loads(p.read_text())
+        assert r["status"] == ("time_budget" if "budget" in p.parent.name else "complete"), p
+        assert r["freeze_audit"] == "passed" and (p.parent / "train.log").stat().st_size > 0
+
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and "0 ran, 6 skipped, 0 failed" in second.stdout, second.stdout
+    assert [p.stat().st_mtime_ns for p in results] == mtimes  # nothing ran again
+
+    report_run = subprocess.run([sys.executable, str(ROOT / "report.py"), str(out)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+    assert report_run.returncode == 0, report_run.stderr
+    text = (out / "RESULTS.md").read_text()
+    assert "### mrpc (F1)" in text and "## Fixed training-time budget" in text and "| lora | 0.04 | 1 |" in text
+    for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
+        assert (out / png).stat().st_size > 10_000

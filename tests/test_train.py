@@ -1,0 +1,128 @@
+"""train.py end to end on MiniLM and a sliver of MRPC: outputs, reproducibility, interruption,
+resume, time budget, non-finite losses, and flags refused before anything loads."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import train
+from config import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--model", "minilm", "--task", "mrpc", "--method", "bitfit", "--frac", "0.03", "--max-length", "32",
+        "--batch-size", "16", "--eval-batch-size", "256"]
+
+
+def run(tmp_path, glue_dir, *extra, name="run"):
+    out = tmp_path / name
+    return train.main(FAST + ["--data-dir", str(glue_dir), "--out", str(out), *extra]), out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frac", "0"], "--frac must be in (0, 1]"),
+    (["--frac", "1.2"], "--frac must be in (0, 1]"),
+    (["--time-budget", "-1"], "--time-budget must be positive"),
+    (["--task", "sst9"], "invalid choice: 'sst9' (choose from 'cola', 'mrpc', 'stsb')"),
+    (["--method", "prefix-magic"], "invalid choice: 'prefix-magic'"),
+    (["--amp", "fp8"], "invalid choice: 'fp8'"),
+    (["--adapter-placement", "middle"], "invalid choice: 'middle'"),
+])
+def test_bad_flags_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_defaults_per_method():
+    assert parse_args(["--method", "full"]).lr == 2e-5
+    assert parse_args(["--method", "bitfit"]).lr == 1e-3
+    assert parse_args(["--method", "lora", "--lr", "3e-4"]).lr == 3e-4
+    assert parse_args([]).epochs >= 15  # the paper's protocol
+
+
+def test_audit_flag_prints_table_and_trains_nothing(tmp_path, capsys):
+    report = train.main(["--model", "minilm", "--method", "adapter", "--audit", "--out", str(tmp_path / "a")])
+    printed = capsys.readouterr().out
+    assert "trainable params:" in printed and "adapters" in printed and "pooling mean" in printed
+    assert report.trainable < report.total and not (tmp_path / "a").exists()
+
+
+def test_run_writes_results_and_is_reproducible(tmp_path, glue_dir):
+    results, out = run(tmp_path, glue_dir, "--epochs", "2", "--eval-every", "2")
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["status"] == "complete" and on_disk["freeze_audit"] == "passed"
+    for key in ("task", "method", "frac", "seed", "model", "params", "data", "epochs", "best", "time",
+                "environment", "config"):
+        assert key in on_disk
+    assert on_disk["params"]["trainable"] < on_disk["params"]["total"]
+    assert set(on_disk["data"]) >= {"train_examples", "val_examples", "test_examples", "padding_fraction"}
+    assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
+    epoch = on_disk["epochs"][0]
+    assert epoch["train_seconds"] > 0 and epoch["tokens_per_second"] > 0
+    assert set(epoch["val"]) >= {"accuracy", "f1", "loss"} and set(epoch["test"]) >= {"accuracy", "f1"}
+    assert on_disk["best"]["val"]["f1"] == max(e["val"]["f1"] for e in on_disk["epochs"])
+    lines = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines()]
+    assert len(lines) == len(on_disk["evals"]) > 2  # epoch ends plus --eval-every evaluations
+    assert (out / "best.safetensors").is_file() and "trainable params" in (out / "audit.txt").read_text()
+    again, _ = run(tmp_path, glue_dir, "--epochs", "2", "--eval-every", "2", name="again")
+    assert [e["val"] for e in again["epochs"]] == [e["val"] for e in results["epochs"]]
+    assert [e["test"] for e in again["epochs"]] == [e["test"] for e in results["epochs"]]
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, glue_dir, monkeypatch):
+    whole, _ = run(tmp_path, glue_dir, "--epochs", "3", name="whole")
+    calls = {"n": 0}
+    real_evaluate = train.evaluate
+
+    def evaluate_then_interrupt(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the validation pass of epoch 2
+            raise KeyboardInterrupt
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_interrupt)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, glue_dir, "--epochs", "3", name="cut")
+    assert e.value.code == 130
+    cut = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert cut["status"] == "interrupted" and len(cut["epochs"]) == 1
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    resumed, _ = run(tmp_path, glue_dir, "--epochs", "3", "--resume", name="cut")
+    assert [e["val"] for e in resumed["epochs"]] == [e["val"] for e in whole["epochs"]]
+    assert resumed["best"]["test"] == whole["best"]["test"]
+
+
+def test_sigterm_leaves_valid_results(tmp_path, glue_dir):
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *FAST, "--epochs", "200",
+                             "--data-dir", str(glue_dir), "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        path = out / "results.json"
+        if path.is_file() and json.loads(path.read_text())["epochs"]:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and len(results["epochs"]) >= 1
+
+
+def test_time_budget_stops_training_and_still_evaluates(tmp_path, glue_dir):
+    results, _ = run(tmp_path, glue_dir, "--epochs", "50", "--time-budget", "0.0001")
+    assert results["status"] == "time_budget"
+    assert len(results["epochs"]) == 1 and results["epochs"][0]["completed"] is False
+    assert results["best"] is not None and results["freeze_audit"] == "passed"
+
+
+def test_repeated_nonfinite_losses_abort(tmp_path, glue_dir, monkeypatch):
+    monkeypatch.setattr(train, "loss_fn", lambda logits, labels, regression: (logits * float("nan")).sum())
+    monkeypatch.setattr(train, "MAX_NONFINITE", 3)
+    with pytest.raises(FloatingPointError, match="3 consecutive non-finite losses"):
+        run(tmp_path, glue_dir, "--epochs", "1")

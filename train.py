@@ -1,0 +1,307 @@
+"""Fine-tune BERT on one GLUE task with one method: `python train.py --method adapter --frac 0.5`.
+
+The loop is written out so that every efficiency figure is transparent:
+  - AdamW over the audited trainable list only (fused on CUDA), linear warm-up then decay,
+    gradient clipping; frozen tensors get no gradient and no optimizer state.
+  - One precision path: autocast (bf16, or fp16 with a GradScaler) or nullcontext; the
+    trainable master weights stay fp32.
+  - SyncTimer synchronizes the device before it reads the clock. Training time excludes
+    evaluation; --time-budget counts training time only. The other sync point per step is
+    `loss.item()` (for the non-finite check and the log line).
+  - After training, every frozen tensor is compared bit for bit with its fingerprint taken
+    before training; the verdict goes into results.json and a violation is an error.
+Outputs in --out: audit.txt, evals.jsonl (one line per evaluation), results.json (rewritten
+atomically after every evaluation, so an interrupted run leaves valid results), best.safetensors
+(the best epoch's trainable tensors) and resume.pt (state at the last finished epoch).
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import adapters
+import data
+import distributed as dist
+import glue
+from config import parse_args
+from model import load_pretrained
+from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, write_json
+
+WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
+MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return torch.device(name)
+
+
+def pick_amp(amp: str, device: torch.device):
+    """-> (autocast dtype or None, GradScaler or None). auto: bf16 where the hardware has it."""
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in \
+                Path("/proc/cpuinfo").read_text() else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise SystemExit("--amp fp16 needs CUDA (a GradScaler on CPU is not supported); use bf16 or off")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return dtype, scaler
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def loss_fn(logits, labels, regression: bool):
+    logits = logits.float()  # the loss in fp32 whatever autocast produced
+    return F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
+
+
+def evaluate(model, split, cfg, task, device, autocast) -> dict:
+    """Metrics and mean loss over a labelled split, in inference mode, batches sorted by length."""
+    model.eval()
+    preds, labels, index, losses = [], [], [], []
+    with torch.inference_mode(), autocast():
+        for batch in data.batches(split, cfg.eval_batch_size, shuffle=False,
+                                  rank=dist.rank(), world_size=dist.world_size()):
+            b = to_device(batch, device)
+            logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()
+            losses.append(loss_fn(logits, b["labels"], task.is_regression) * len(logits))
+            preds.append((logits[:, 0] if task.is_regression else logits.argmax(-1)).cpu())
+            labels.append(batch["labels"])
+            index.append(batch["index"])
+    model.train()
+    preds, labels, index = dist.gather_cat([torch.cat(preds), torch.cat(labels), torch.cat(index)])
+    loss = dist.all_sum(torch.stack(losses).sum()).item() / len(index)
+    assert sorted(index.tolist()) == list(range(len(split))), "evaluation must see every example once"
+    return {"loss": loss, **task.compute_metrics(preds.numpy(), labels.numpy())}
+
+
+def build_optimizer(trainable, cfg, device):
+    """AdamW over exactly the audited list; no decay on biases and LayerNorm (BERT's recipe)."""
+    decay = [p for n, p in trainable if p.ndim >= 2]
+    no_decay = [p for n, p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type == "cuda")
+
+
+def linear_schedule(warmup_steps: int, total_steps: int):
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+class Stop(Exception):
+    """Raised by SIGTERM so that it unwinds like Ctrl-C and the finished epochs are kept."""
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    dist.init()
+    task = glue.get_task(cfg.task)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
+                                       verbose=dist.is_main())
+    method = cfg.method_config()
+    trainable = adapters.apply_method(model, method)
+    report = adapters.audit(model, trainable, cfg.method)
+    if dist.is_main():
+        print(report.table())
+    if cfg.audit:
+        return report
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.txt").write_text(report.table() + "\n")
+    model.to(device)
+    amp_dtype, scaler = pick_amp(cfg.amp, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+
+    task_data = data.load_task_data(cfg.task, tokenizer, data.resolve_data_dir(cfg.data_dir or None),
+                                    max_length=cfg.max_length, frac=cfg.frac, seed=cfg.seed)
+    steps_per_epoch = len(data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=0,
+                                       rank=dist.rank(), world_size=dist.world_size()))
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(trainable, cfg, device)
+    adapters.assert_optimizer_matches(optimizer, trainable)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(math.ceil(cfg.warmup * total_steps), total_steps))
+    frozen_fingerprint = adapters.fingerprint(model)
+    train_model = dist.wrap(torch.compile(model) if cfg.compile else model, device)
+
+    results = {"task": cfg.task, "method": cfg.method, "frac": cfg.frac, "seed": cfg.seed, "model": cfg.model,
+               "pooling": model.config.pooling, "status": "running",
+               "params": {"total": report.total, "trainable": report.trainable},
+               "freeze_audit": "not run",
+               "data": {"train_examples": len(task_data.train), "val_examples": len(task_data.val),
+                        "test_examples": len(task_data.test)},
+               "epochs": [], "evals": [], "best": None,
+               "time": {"train_seconds": 0.0, "eval_seconds": 0.0, "peak_memory_bytes": 0},
+               "nonfinite_steps": 0, "environment": environment(device, amp_dtype, dist.world_size()),
+               "config": asdict(cfg)}
+    start_epoch, step = 0, 0
+    if cfg.resume and (out / "resume.pt").is_file():
+        state = torch.load(out / "resume.pt", weights_only=True)
+        start_epoch, step, results = state["epoch"], state["step"], json.loads(state["results"])
+        named = dict(trainable)
+        for name, tensor in state["trainable"].items():
+            named[name].data.copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        print(f"resumed from {out / 'resume.pt'} after epoch {start_epoch}")
+    elif cfg.resume:
+        print(f"--resume: no {out / 'resume.pt'}, starting fresh")
+    if dist.is_main():  # evals.jsonl holds exactly the evaluations in results (none after a restart)
+        (out / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in results["evals"]))
+
+    def record_eval(epoch, train_seconds):
+        timer = SyncTimer(device)
+        line = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
+                "val": evaluate(model, task_data.val, cfg, task, device, autocast),
+                "test": evaluate(model, task_data.test, cfg, task, device, autocast)}
+        results["time"]["eval_seconds"] += timer.elapsed()
+        results["evals"].append(line)
+        if dist.is_main():
+            with open(out / "evals.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        return line
+
+    def save_results(status):
+        results["status"] = status
+        results["time"]["peak_memory_bytes"] = max(results["time"]["peak_memory_bytes"], peak_memory_bytes(device))
+        if dist.is_main():
+            write_json(out / "results.json", results)
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Stop()))
+    budget_seconds = cfg.time_budget * 60 or math.inf
+    headline = task.headline
+    reset_peak_memory(device)
+    status = "complete"
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if results["time"]["train_seconds"] >= budget_seconds:
+                status = "time_budget"
+                break
+            model.train()
+            train_batches = data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                                         rank=dist.rank(), world_size=dist.world_size())
+            step_times, real_tokens, examples, nonfinite_run = [], 0, 0, 0
+            epoch_seconds = 0.0
+            bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not dist.is_main(), leave=False)
+            for i, batch in enumerate(bar):
+                timer = SyncTimer(device)
+                b = to_device(batch, device)
+                with autocast():
+                    logits = train_model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                loss = loss_fn(logits, b["labels"], task.is_regression)
+                loss_value = loss.item()  # sync point: the non-finite check needs the value
+                if not math.isfinite(loss_value):
+                    results["nonfinite_steps"] += 1
+                    nonfinite_run += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    if nonfinite_run >= MAX_NONFINITE:
+                        raise FloatingPointError(f"{MAX_NONFINITE} consecutive non-finite losses at step {step}: "
+                                                 f"lower --lr (now {cfg.lr:g}) or use --amp bf16/off")
+                    continue
+                nonfinite_run = 0
+                if scaler:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                seconds = timer.elapsed()
+                epoch_seconds += seconds
+                results["time"]["train_seconds"] += seconds
+                if i >= WARMUP_STEPS_EXCLUDED:
+                    step_times.append(seconds)
+                real_tokens += int(batch["attention_mask"].sum())
+                examples += len(batch["labels"])
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    record_eval(epoch + (i + 1) / len(train_batches), results["time"]["train_seconds"])
+                    save_results("running")
+                if results["time"]["train_seconds"] >= budget_seconds:
+                    status = "time_budget"
+                    break
+            line = record_eval(epoch + 1, results["time"]["train_seconds"])
+            tokens = dist.all_sum(torch.tensor(float(real_tokens))).item()
+            examples = int(dist.all_sum(torch.tensor(float(examples))).item())
+            results["epochs"].append({
+                "epoch": epoch + 1, "steps": len(step_times) + min(WARMUP_STEPS_EXCLUDED, len(train_batches)),
+                "train_seconds": epoch_seconds, "examples_per_second": examples / max(epoch_seconds, 1e-9),
+                "tokens_per_second": tokens / max(epoch_seconds, 1e-9),
+                "step_seconds": {"median": float(np.median(step_times)) if step_times else None,
+                                 "mean": float(np.mean(step_times)) if step_times else None,
+                                 "p90": float(np.percentile(step_times, 90)) if step_times else None},
+                "padding_fraction": data.padding_fraction(train_batches),
+                "val": line["val"], "test": line["test"], "completed": status != "time_budget"})
+            results["data"]["padding_fraction"] = results["epochs"][-1]["padding_fraction"]
+            best = results["best"]
+            if best is None or line["val"][headline] > best["val"][headline]:
+                results["best"] = {"epoch": epoch + 1, "metric": headline, "val": line["val"], "test": line["test"]}
+                if dist.is_main():
+                    adapters.save_trainable(model, trainable, method, out / "best.safetensors",
+                                            {"base_model": cfg.model, "task": cfg.task, "num_labels": task.num_labels,
+                                             "pooling": model.config.pooling, "epoch": epoch + 1})
+            if dist.is_main():
+                print(f"epoch {epoch + 1:3d} | train {epoch_seconds:7.1f}s | "
+                      f"{results['epochs'][-1]['tokens_per_second']:8.0f} tok/s | val {headline} "
+                      f"{line['val'][headline]:.4f} | test {headline} {line['test'][headline]:.4f}")
+                torch.save({"epoch": epoch + 1, "step": step, "results": json.dumps(results),
+                            "trainable": {n: p.detach().cpu() for n, p in trainable},
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict() if scaler else {}, "rng": torch.get_rng_state()},
+                           out / "resume.pt.tmp")
+                os.replace(out / "resume.pt.tmp", out / "resume.pt")
+            save_results("running")
+            if status == "time_budget":
+                break
+    except (KeyboardInterrupt, Stop):
+        save_results("interrupted")
+        print(f"interrupted: {out / 'results.json'} holds the {len(results['epochs'])} finished epochs", file=sys.stderr)
+        raise SystemExit(130)
+
+    verdict = adapters.verify_frozen(model, frozen_fingerprint)
+    results["freeze_audit"] = "passed" if verdict["verdict"] == "passed" else verdict
+    save_results(status)
+    dist.cleanup()
+    if verdict["verdict"] != "passed":
+        raise RuntimeError(f"frozen tensors moved during training: {verdict['moved']}")
+    if dist.is_main():
+        best = results["best"]
+        print(f"best epoch {best['epoch']}: val {headline} {best['val'][headline]:.4f}, "
+              f"test {headline} {best['test'][headline]:.4f}; frozen-weights audit passed; results in {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
