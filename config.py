@@ -46,7 +46,7 @@ class TrainConfig:
     adapter_placement: str = "houlsby"
     lora_r: int = 8
     lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
+    lora_dropout: float = 0.0  # the LoRA reference GLUE scripts (microsoft/LoRA examples/NLU) set none
     lora_targets: str = "query,value"
 
     def method_config(self) -> "adapters.MethodConfig":

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DONE = ("complete", "time_budget")
 METHODS = ("full", "bitfit", "adapter", "lora", "head")  # display order
@@ -110,28 +111,38 @@ def listing(xs, axis=False) -> str:
 
 
 def header(runs, ignored) -> list:
-    env = [r["environment"] for r in runs]
-    cfg = [r["config"] for r in runs if not is_budget(r)]
-    memory = {"cpu": "CPU: peak resident set size of the process", "cuda": "CUDA: max memory allocated by tensors"}
-    lines = ["# Results", "", f"Made by `report.py` from {len(runs)} finished runs; do not edit by hand.", "",
+    def env(key):
+        return listing(r["environment"][key] for r in runs)
+
+    memory = {"cpu": "CPU: peak resident set size of the process",
+              "cuda": "CUDA: max memory allocated by tensors"}
+    devices = sorted({r["environment"]["device"].split(":")[0] for r in runs})
+    lines = ["# Results", "", f"Made by `report.py` from {len(runs)} finished runs; do not edit by hand. Scores are "
+             "the headline metric x 100 on the test split (GLUE's dev set), at the epoch with the best validation "
+             "score (@best; validation is held out of GLUE's train file) or at the last epoch (@last); "
+             "± is the sample standard deviation over seeds.", "",
              f"- model: {listing(r['model'] for r in runs)} (pooling {listing(r['pooling'] for r in runs)})",
-             f"- hardware: {listing(e['device_name'] for e in env)}, device {listing(e['device'] for e in env)}, "
-             f"{listing(e['threads'] for e in env)} threads, world size {listing(e['world_size'] for e in env)}",
-             f"- precision: {listing(e['dtype'] for e in env)}; torch {listing(e['torch'] for e in env)}",
-             f"- peak memory: {'; '.join(memory.get(d.split(':')[0], d) for d in sorted({e['device'] for e in env}))}"]
-    if cfg:
-        methods = ordered({c["method"] for c in cfg}, METHODS)
-        lrs = ", ".join(f"{m} {listing(c['lr'] for c in cfg if c['method'] == m)}" for m in methods)
-        lines += [f"- protocol: {listing(c['epochs'] for c in cfg)} epochs, batch size "
-                  f"{listing(c['batch_size'] for c in cfg)}, max length {listing(c['max_length'] for c in cfg)} tokens, "
-                  f"warm-up {listing(c['warmup'] for c in cfg)} of steps, weight decay "
-                  f"{listing(c['weight_decay'] for c in cfg)}, AMP setting {listing(c['amp'] for c in cfg)}",
-                  f"- learning rates: {lrs}",
-                  f"- adapter size {listing(c['adapter_size'] for c in cfg)} ({listing(c['adapter_placement'] for c in cfg)}); "
-                  f"LoRA r {listing(c['lora_r'] for c in cfg)}, alpha {listing(c['lora_alpha'] for c in cfg)}, "
-                  f"targets {listing(c['lora_targets'] for c in cfg)}",
-                  f"- fractions {listing((c['frac'] for c in cfg), axis=True)}; "
-                  f"seeds {listing((c['seed'] for c in cfg), axis=True)}"]
+             f"- hardware: {env('device_name')}, device {env('device')}, {env('threads')} threads, "
+             f"world size {env('world_size')}",
+             f"- precision: {env('dtype')}; torch {env('torch')}",
+             f"- peak memory: {'; '.join(memory.get(d, d) for d in devices)}"]
+    fixed = [r["config"] for r in runs if not is_budget(r)]
+    if fixed:
+        def cfg(key, method=None, axis=False):  # the values of one config field, optionally of one method
+            return listing((c[key] for c in fixed if method in (None, c["method"])), axis)
+
+        methods = ordered({c["method"] for c in fixed}, METHODS)
+        lines += [f"- protocol: {cfg('epochs')} epochs, batch size {cfg('batch_size')}, max length "
+                  f"{cfg('max_length')} tokens, warm-up {cfg('warmup')} of the steps, weight decay "
+                  f"{cfg('weight_decay')}, AMP setting {cfg('amp')}",
+                  "- learning rates: " + ", ".join(f"{m} {cfg('lr', m)}" for m in methods),
+                  f"- fractions {cfg('frac', axis=True)}; seeds {cfg('seed', axis=True)}"]
+        if "adapter" in methods:
+            lines.append(f"- adapters: size {cfg('adapter_size', 'adapter')}, "
+                         f"{cfg('adapter_placement', 'adapter')} placement")
+        if "lora" in methods:
+            lines.append(f"- LoRA: r {cfg('lora_r', 'lora')}, alpha {cfg('lora_alpha', 'lora')}, "
+                         f"targets {cfg('lora_targets', 'lora')}")
     budget = [r["config"] for r in runs if is_budget(r)]
     if budget:
         lines.append(f"- time-budget runs: {listing(c['time_budget'] for c in budget)} minutes of training "
@@ -155,7 +166,7 @@ def main_tables(fixed) -> list:
         for method, frac in sorted(cells, key=lambda k: (rank(k[0], METHODS), k[1])):
             rs = cells[(method, frac)]
             s = summarize(rs[0])
-            cost = [fmt(values(rs, k), 0, spread=False) for k in ("train_s", "t95", "peak_mib")]
+            cost = [fmt(values(rs, k), d, spread=False) for k, d in (("train_s", 1), ("t95", 1), ("peak_mib", 0))]
             rows.append([method, f"{frac:g}", len(rs), fmt(values(rs, "best")), fmt(values(rs, "last")),
                          fmt(values(rs, "best_epoch"), 1, spread=False), f"{s['trainable']:,}", f"{s['pct']:.3f}",
                          *cost])
@@ -215,13 +226,14 @@ def budget_table(budget) -> list:
     rows = []
     for (task, method), rs in sorted(group(budget, lambda r: (r["task"], r["method"])).items(), key=task_method_key):
         m = rs[0]["best"]["metric"]
-        rows.append([task, method, m, listing(r["config"]["time_budget"] for r in rs), len(rs),
-                     fmt(values(rs, "epochs"), 1, False), fmt([sum(e["steps"] for e in r["epochs"]) for r in rs], 0,
-                                                              False),
-                     fmt(values(rs, "best")), fmt(values(rs, "last")),
-                     *[fmt(values(rs, k), 0, spread=False) for k in ("train_s", "t95", "tok_s")]])
-    return lines + table(["task", "method", "metric", "budget (min)", "seeds", "epochs", "steps", "test @best",
-                          "test @last", "train time (s)", "t95 (s)", "tokens/s"], rows)
+        ended = listing("budget" if r["status"] == "time_budget" else "epoch cap" for r in rs)  # cap: raise it
+        steps = [sum(e["steps"] for e in r["epochs"]) for r in rs]
+        rows.append([task, method, m, listing(r["config"]["time_budget"] for r in rs), ended, len(rs),
+                     fmt(values(rs, "epochs"), 1, False), fmt(steps, 0, False), fmt(values(rs, "best")),
+                     fmt(values(rs, "last")),
+                     *[fmt(values(rs, k), d, spread=False) for k, d in (("train_s", 1), ("t95", 1), ("tok_s", 0))]])
+    return lines + table(["task", "method", "metric", "budget (min)", "ended by", "seeds", "epochs", "steps",
+                          "test @best", "test @last", "train time (s)", "t95 (s)", "tokens/s"], rows)
 
 
 def task_method_key(kv):
@@ -277,8 +289,9 @@ def plot_epochs(fixed, path):
                     m = r["best"]["metric"]
                     ax.plot([e["epoch"] for e in r["epochs"]], [100 * e[split][m] for e in r["epochs"]],
                             marker=".", color=color, alpha=0.7, label=split if k == 0 else None)
-            frac = f", frac {rs[0]['frac']:g}, {len(rs)} seeds" if rs else ""
+            frac = f", frac {rs[0]['frac']:g}, {len(rs)} seed{'s' if len(rs) > 1 else ''}" if rs else ""
             ax.set(title=f"{task} {method}{frac}", xlabel="epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if j == 0 and rs:
                 ax.set_ylabel(axis_label(rs, "score:"))
             ax.grid(alpha=0.3)
@@ -356,7 +369,7 @@ def report(root) -> Path:
         lines += [f"![{name}]({name})", ""]
     analysis = root / "ANALYSIS.md"
     if analysis.is_file():
-        lines += ["## Analysis", "", analysis.read_text().rstrip("\n"), ""]
+        lines += ["## Analysis", "", analysis.read_text()]
     out = root / "RESULTS.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out} and {len(plots)} plots from {len(runs)} runs ({len(ignored)} unfinished ignored)")

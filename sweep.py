@@ -15,7 +15,8 @@ A configuration whose results.json says "complete" or "time_budget" is skipped; 
 "running" or "interrupted" is started again with --resume (train.py continues from resume.pt).
 Each run's output is shown and also appended to train.log in its directory. Ctrl-C (or SIGTERM)
 asks the running train.py to stop, waits until it has written results.json, and ends the sweep;
-finished runs stay valid. Exit code: 0 all ran or were done, 1 some failed, 130 interrupted.
+finished runs stay valid. (A sweep started with `&` or nohup ignores Ctrl-C, as every background
+job does: stop it with `kill PID`.) Exit code: 0 all ran or were done, 1 some failed, 130 stopped.
 """
 import argparse
 import json
@@ -49,7 +50,8 @@ class Preset:
 
 PRESETS = {
     # arXiv 2401.04051's protocol: 20 epochs per run, 5 seeds, 10-minute budget runs, BERT-base.
-    # On an H100 bitfit does ~350 MRPC epochs in 10 minutes, hence the cap of 1000.
+    # The cap is generous because a fast GPU gets through a small task's epoch (MRPC: 104 steps of
+    # 32) in seconds; an estimate, not a measurement: check epochs < cap in the budget table.
     "paper": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
                     fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2, 3, 4), epochs=20,
                     budget_minutes=10, budget_epochs=1000),
@@ -127,12 +129,14 @@ def differences(results: dict, run: Run, common: dict) -> list:
 
 def run_one(run: Run, run_dir: Path, cmd: list, quiet: bool) -> int:
     """Start train.py, copy its output to the terminal and to train.log, return its exit code.
-    On Ctrl-C or SIGTERM the child gets SIGINT (its own handler saves results.json) and we wait."""
+    On Ctrl-C or SIGTERM, train.py gets SIGTERM, which it handles like Ctrl-C (it saves results.json
+    as "interrupted"), and we wait for it. SIGTERM, not SIGINT: a sweep started in the background
+    (`&`, nohup) passes on an ignored SIGINT to its children."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "ab") as log:
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
-        # A session of its own: a terminal's Ctrl-C reaches the sweep only, which forwards it once.
+        # A session of its own: a terminal's Ctrl-C reaches the sweep only, which passes it on once.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         interrupted, chunk = False, b"?"
@@ -145,26 +149,22 @@ def run_one(run: Run, run_dir: Path, cmd: list, quiet: bool) -> int:
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
             except KeyboardInterrupt:
-                if not interrupted:  # first signal: ask train.py to stop; escalate if it hangs
+                if not interrupted:  # first signal: ask train.py to stop; kill it if it hangs
                     interrupted = True
-                    proc.send_signal(signal.SIGINT)
-                    _escalate_later(proc)
+                    proc.send_signal(signal.SIGTERM)
+                    threading.Thread(target=_kill_after, args=(proc,), daemon=True).start()
         code = proc.wait()
     if interrupted:
         raise KeyboardInterrupt
     return code
 
 
-def _escalate_later(proc, grace_seconds=60):
-    """SIGTERM after a grace period if train.py has not finished writing, then SIGKILL."""
-    def escalate():
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                proc.wait(grace_seconds)
-                return
-            except subprocess.TimeoutExpired:
-                proc.send_signal(sig)
-    threading.Thread(target=escalate, daemon=True).start()
+def _kill_after(proc, grace_seconds=60):
+    """SIGKILL if train.py has not finished writing results.json within the grace period."""
+    try:
+        proc.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def parse_args(argv=None):
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
     print(f"sweep --grid {args.grid} -> {out} ({where} configurations)", flush=True)
 
-    counts = {"ran": 0, "skipped": 0, "failed": 0}
+    counts = {"ran": 0, "skipped": 0, "failed": 0, "to resume": 0, "to run": 0}
     failed, stale = [], []
     start = time.perf_counter()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the sweep (and its train.py) like Ctrl-C
@@ -262,7 +262,9 @@ def main(argv=None) -> int:
             resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
             if args.dry_run:
                 epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
-                print(f"{tag}: {'to resume' if resume else 'to run'} ({status}{epochs})", flush=True)
+                todo = "to resume" if resume else "to run"
+                counts[todo] += 1
+                print(f"{tag}: {todo} ({status}{epochs})", flush=True)
                 continue
             cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
                    *args.extra, *(["--resume"] if resume else [])]
@@ -286,8 +288,8 @@ def main(argv=None) -> int:
         print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
               f"delete their directories to run them again", flush=True)
     if args.dry_run:
-        todo = len(runs) - counts["skipped"]
-        print(f"dry run ({where}): {counts['skipped']} done, {todo} to run", flush=True)
+        print(f"dry run ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
+              f"{counts['to run']} to run", flush=True)
         return 0
     print(f"sweep done in {time.perf_counter() - start:.0f}s ({where}): {counts['ran']} ran, "
           f"{counts['skipped']} skipped, {counts['failed']} failed"

@@ -42,7 +42,8 @@ def test_run_names_and_args():
     run = sweep.Run("mrpc", "bitfit", 0.3, 0, epochs=20)
     assert run.name == "mrpc-bitfit-f0.3-s0"
     assert sweep.Run("cola", "lora", 1.0, 4, 20).name == "cola-lora-f1-s4"  # train.py's own default --out name
-    assert run.train_args() == ["--task", "mrpc", "--method", "bitfit", "--frac", "0.3", "--seed", "0", "--epochs", "20"]
+    assert run.train_args() == ["--task", "mrpc", "--method", "bitfit", "--frac", "0.3", "--seed", "0",
+                                "--epochs", "20"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 300])
@@ -73,8 +74,11 @@ def test_overrides_and_passthrough():
 # --- skip, resume, failure, Ctrl-C with a stand-in for train.py -----------------------------------------
 
 FAKE_TRAIN = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys, time
     from pathlib import Path
+    def stop(*_):
+        raise KeyboardInterrupt  # as train.py does with SIGTERM
+    signal.signal(signal.SIGTERM, stop)
     a = sys.argv[1:]
     out = Path(a[a.index("--out") + 1])
     with open(out.parent / "calls.txt", "a") as f:
@@ -162,7 +166,8 @@ def fake_results(task, method, frac, seed, val, test, status="complete", budget=
     scores = lambda x: {"loss": 0.5, metric: x, "accuracy": x}  # noqa: E731
     best = max(range(len(val)), key=lambda i: val[i])
     epochs = [{"epoch": i + 1, "steps": 10, "train_seconds": 10.0, "examples_per_second": 32.0,
-               "tokens_per_second": 1000.0 * (i + 1), "step_seconds": {"median": 0.1 * (i + 1), "mean": 0.1, "p90": 0.2},
+               "tokens_per_second": 1000.0 * (i + 1),
+               "step_seconds": {"median": 0.1 * (i + 1), "mean": 0.1, "p90": 0.2},
                "padding_fraction": 0.1, "val": scores(v), "test": scores(t), "completed": True}
               for i, (v, t) in enumerate(zip(val, test))]
     return {"task": task, "method": method, "frac": frac, "seed": seed, "model": "minilm", "pooling": "mean",
@@ -211,7 +216,7 @@ def synthetic(tmp_path):
 def test_report_tables_match_hand_computation(synthetic):
     text = report.report(synthetic).read_text()
     # method, frac, seeds, @best, @last, best epoch, trainable, %, train time, t95, peak memory
-    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | 2.0 | 1,000 | 1.000 | 30 | 20 | 512 |" in text
+    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | 2.0 | 1,000 | 1.000 | 30.0 | 20.0 | 512 |" in text
     assert "| full | 1 | 3 | 86.00 ± 1.00 |" in text
     assert "| bitfit | 0.3 | 1 | 65.00 | 65.00 | 2.0 |" in text
     # cost at the largest fraction: step-time medians 100, 200, 300 ms over the epochs -> 200
@@ -220,7 +225,7 @@ def test_report_tables_match_hand_computation(synthetic):
     # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
     assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
     # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
-    assert "| cola | lora | matthews | 10 | 1 | 3.0 | 30 | 45.00 | 35.00 | 30 | 20 | 2000 |" in text
+    assert "| cola | lora | matthews | 10 | epoch cap | 1 | 3.0 | 30 | 45.00 | 35.00 | 30.0 | 20.0 | 2000 |" in text
     assert "ignored 1 unfinished runs: stsb-adapter-f0.5-s0 (interrupted)" in text
     assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
     assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")

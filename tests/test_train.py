@@ -126,3 +126,21 @@ def test_repeated_nonfinite_losses_abort(tmp_path, glue_dir, monkeypatch):
     monkeypatch.setattr(train, "MAX_NONFINITE", 3)
     with pytest.raises(FloatingPointError, match="3 consecutive non-finite losses"):
         run(tmp_path, glue_dir, "--epochs", "1")
+
+
+def test_torchrun_two_cpu_processes_agree_with_one(tmp_path, glue_dir):
+    """DistributedDataParallel over gloo: each step's batch is split across the ranks, so the run
+    follows the single-process one up to dropout masks and float summation order."""
+    argv = [*FAST, "--epochs", "2", "--data-dir", str(glue_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*torchrun, str(ROOT / "train.py"), *argv, "--out", str(tmp_path / "ddp")],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    single, _ = run(tmp_path, glue_dir, "--epochs", "2", name="single")
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert ddp["status"] == "complete" and ddp["environment"]["world_size"] == 2
+    assert ddp["freeze_audit"] == "passed"
+    assert [e["steps"] for e in ddp["epochs"]] == [e["steps"] for e in single["epochs"]]
+    for a, b in zip(ddp["epochs"], single["epochs"]):
+        assert abs(a["val"]["loss"] - b["val"]["loss"]) < 0.02
+        assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) < 0.05
