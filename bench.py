@@ -91,7 +91,7 @@ def hf_batches(split, batch_size, pad_id, seed):
 def measure(model, trainable, train_batches, eval_batches, args, device, amp_dtype, is_hf=False):
     model.to(device).train()
     params = [p for _, p in trainable]
-    optimizer = torch.optim.AdamW(params, lr=args.lr or 1e-4, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=args.lr or 1e-4, fused=device.type in ("cuda", "cpu"))
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     fwd = torch.compile(model) if args.compile else model
 

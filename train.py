@@ -1,7 +1,7 @@
 """Fine-tune BERT on one GLUE task with one method: `python train.py --method adapter --frac 0.5`.
 
 The loop is written out so that every efficiency figure is transparent:
-  - AdamW over the audited trainable list only (fused on CUDA), linear warm-up then decay,
+  - AdamW over the audited trainable list only (fused kernel on CUDA and CPU), linear warm-up then decay,
     gradient clipping; frozen tensors get no gradient and no optimizer state.
   - One precision path: autocast (bf16, or fp16 with a GradScaler) or nullcontext; the
     trainable master weights stay fp32.
@@ -77,9 +77,9 @@ def evaluate(model, split, cfg, task, device, autocast) -> dict:
     """Metrics and mean loss over a labelled split, in inference mode, batches sorted by length."""
     model.eval()
     preds, labels, index, losses = [], [], [], []
+    eval_batches = data.batches(split, cfg.eval_batch_size, shuffle=False, rank=dist.rank(), world_size=dist.world_size())
     with torch.inference_mode(), autocast():
-        for batch in data.batches(split, cfg.eval_batch_size, shuffle=False,
-                                  rank=dist.rank(), world_size=dist.world_size()):
+        for batch in tqdm(eval_batches, desc="evaluate", leave=False, disable=quiet_bars()):
             b = to_device(batch, device)
             logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()
             losses.append(loss_fn(logits, b["labels"], task.is_regression) * len(logits))
@@ -93,12 +93,17 @@ def evaluate(model, split, cfg, task, device, autocast) -> dict:
     return {"loss": loss, **task.compute_metrics(preds.numpy(), labels.numpy())}
 
 
+def quiet_bars() -> bool:
+    """Progress bars only on rank 0 and only on a terminal (a log file gets the epoch lines)."""
+    return not dist.is_main() or not sys.stderr.isatty()
+
+
 def build_optimizer(trainable, cfg, device):
     """AdamW over exactly the audited list; no decay on biases and LayerNorm (BERT's recipe)."""
     decay = [p for n, p in trainable if p.ndim >= 2]
     no_decay = [p for n, p in trainable if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type == "cuda")
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
 
 
 def linear_schedule(warmup_steps: int, total_steps: int):
@@ -194,6 +199,7 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Stop()))
     budget_seconds = cfg.time_budget * 60 or math.inf
+    quiet = quiet_bars()
     headline = task.headline
     reset_peak_memory(device)
     status = "complete"
@@ -207,7 +213,7 @@ def main(argv=None):
                                          rank=dist.rank(), world_size=dist.world_size())
             step_times, real_tokens, examples, nonfinite_run = [], 0, 0, 0
             epoch_seconds = 0.0
-            bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not dist.is_main(), leave=False)
+            bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet)
             for i, batch in enumerate(bar):
                 timer = SyncTimer(device)
                 b = to_device(batch, device)
