@@ -153,7 +153,8 @@ def main(argv=None):
 
     results = {"task": cfg.task, "method": cfg.method, "frac": cfg.frac, "seed": cfg.seed, "model": cfg.model,
                "pooling": model.config.pooling, "status": "running",
-               "params": {"total": report.total, "trainable": report.trainable},
+               "params": {"total": report.total, "trainable": report.trainable,
+                          "by_group": {g: {"trainable": t, "total": n} for g, t, n in report.rows}},
                "freeze_audit": "not run",
                "data": {"train_examples": len(task_data.train), "val_examples": len(task_data.val),
                         "test_examples": len(task_data.test)},
@@ -278,6 +279,7 @@ def main(argv=None):
                     adapters.save_trainable(model, trainable, method, out / "best.safetensors",
                                             {"base_model": cfg.model, "task": cfg.task, "num_labels": task.num_labels,
                                              "pooling": model.config.pooling, "epoch": epoch + 1})
+                    results["checkpoint_bytes"] = (out / "best.safetensors").stat().st_size
             if dist.is_main():
                 print(f"epoch {epoch + 1:3d} | train {epoch_seconds:7.1f}s | "
                       f"{results['epochs'][-1]['tokens_per_second']:8.0f} tok/s | val {headline} "
