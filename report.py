@@ -257,9 +257,11 @@ def axis_label(runs, split="test"):
 
 def plot_fractions(fixed, path):
     tasks = ordered({r["task"] for r in fixed}, TASKS)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7, 5 * len(tasks)), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         task_runs = [r for r in fixed if r["task"] == task]
+        ticks = sorted({r["frac"] for r in task_runs})
+        ax.set_xticks(ticks, [f"{f:g}" for f in ticks])
         for method, rs in sorted(group(task_runs, lambda r: r["method"]).items(), key=lambda kv: rank(kv[0], METHODS)):
             cells = group(rs, lambda r: r["frac"])
             fracs = sorted(cells)
@@ -270,7 +272,7 @@ def plot_fractions(fixed, path):
         ax.set(title=task, xlabel="fraction of training data", ylabel=axis_label(task_runs))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Test score @best-validation epoch vs data fraction (mean ± std over seeds, dots: seeds)")
+    fig.suptitle("Test score at the best-validation epoch vs data fraction\n(mean ± std over seeds; dots: seeds)")
     save(fig, path)
 
 
@@ -297,7 +299,7 @@ def plot_epochs(fixed, path):
             ax.grid(alpha=0.3)
             if rs:
                 ax.legend(fontsize=8)
-    fig.suptitle("Validation and test score per epoch (one line per seed)")
+    fig.suptitle("Validation and test score per epoch\n(largest fraction; one line per seed)")
     save(fig, path)
 
 
@@ -307,7 +309,7 @@ def plot_time(runs, path):
     budget = [r for r in runs if is_budget(r)]
     chosen = budget or [r for rs in largest_fraction([r for r in runs if not is_budget(r)]).values() for r in rs]
     tasks = ordered({r["task"] for r in chosen}, TASKS)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7, 5 * len(tasks)), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         task_runs = [r for r in chosen if r["task"] == task]
         seen = set()
@@ -320,7 +322,7 @@ def plot_time(runs, path):
         ax.grid(alpha=0.3)
         ax.legend()
     kind = "time-budget runs" if budget else "largest-fraction runs"
-    fig.suptitle(f"Test score vs training time ({kind}; one line per seed)")
+    fig.suptitle(f"Test score vs training time\n({kind}; one line per seed)")
     save(fig, path)
 
 

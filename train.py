@@ -106,12 +106,17 @@ def build_optimizer(trainable, cfg, device):
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
 
 
-def linear_schedule(warmup_steps: int, total_steps: int):
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return factor
+def lr_factor(step: int, total_steps: int, warmup: float, budget_progress=None) -> float:
+    """Linear warm-up then linear decay to zero, over the planned steps; under --time-budget, over
+    the budget's training time instead (`budget_progress`: the fraction expected to be spent by the
+    end of this step), so that the epoch cap does not stretch the schedule."""
+    if budget_progress is not None:
+        p = min(1.0, budget_progress)
+        return p / warmup if p < warmup else max(0.0, (1 - p) / (1 - warmup))
+    warmup_steps = math.ceil(warmup * total_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 class Stop(Exception):
@@ -147,7 +152,6 @@ def main(argv=None):
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(trainable, cfg, device)
     adapters.assert_optimizer_matches(optimizer, trainable)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(math.ceil(cfg.warmup * total_steps), total_steps))
     frozen_fingerprint = adapters.fingerprint(model)
     train_model = dist.wrap(torch.compile(model) if cfg.compile else model, device)
 
@@ -170,7 +174,6 @@ def main(argv=None):
         for name, tensor in state["trainable"].items():
             named[name].data.copy_(tensor)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         if scaler:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
@@ -213,7 +216,7 @@ def main(argv=None):
             train_batches = data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                                          rank=dist.rank(), world_size=dist.world_size())
             step_times, real_tokens, examples, nonfinite_run = [], 0, 0, 0
-            epoch_seconds = 0.0
+            epoch_seconds, epoch_steps = 0.0, 0
             bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet)
             for i, batch in enumerate(bar):
                 timer = SyncTimer(device)
@@ -231,6 +234,11 @@ def main(argv=None):
                                                  f"lower --lr (now {cfg.lr:g}) or use --amp bf16/off")
                     continue
                 nonfinite_run = 0
+                mean_step = results["time"]["train_seconds"] / step if step else 0.0
+                lr = cfg.lr * lr_factor(step, total_steps, cfg.warmup, (results["time"]["train_seconds"] + mean_step)
+                                        / budget_seconds if cfg.time_budget else None)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 if scaler:
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
@@ -243,8 +251,8 @@ def main(argv=None):
                 else:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
                 step += 1
+                epoch_steps += 1
                 seconds = timer.elapsed()
                 epoch_seconds += seconds
                 results["time"]["train_seconds"] += seconds
@@ -252,7 +260,7 @@ def main(argv=None):
                     step_times.append(seconds)
                 real_tokens += int(batch["attention_mask"].sum())
                 examples += len(batch["labels"])
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     record_eval(epoch + (i + 1) / len(train_batches), results["time"]["train_seconds"])
                     save_results("running")
@@ -263,7 +271,7 @@ def main(argv=None):
             tokens = dist.all_sum(torch.tensor(float(real_tokens))).item()
             examples = int(dist.all_sum(torch.tensor(float(examples))).item())
             results["epochs"].append({
-                "epoch": epoch + 1, "steps": len(step_times) + min(WARMUP_STEPS_EXCLUDED, len(train_batches)),
+                "epoch": epoch + 1, "steps": epoch_steps,
                 "train_seconds": epoch_seconds, "examples_per_second": examples / max(epoch_seconds, 1e-9),
                 "tokens_per_second": tokens / max(epoch_seconds, 1e-9),
                 "step_seconds": {"median": float(np.median(step_times)) if step_times else None,
@@ -286,7 +294,7 @@ def main(argv=None):
                       f"{line['val'][headline]:.4f} | test {headline} {line['test'][headline]:.4f}")
                 torch.save({"epoch": epoch + 1, "step": step, "results": json.dumps(results),
                             "trainable": {n: p.detach().cpu() for n, p in trainable},
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict() if scaler else {}, "rng": torch.get_rng_state()},
                            out / "resume.pt.tmp")
                 os.replace(out / "resume.pt.tmp", out / "resume.pt")
