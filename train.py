@@ -123,6 +123,10 @@ class Stop(Exception):
     """Raised by SIGTERM so that it unwinds like Ctrl-C and the finished epochs are kept."""
 
 
+def raise_stop(signum, frame):
+    raise Stop()
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     dist.init()
@@ -201,7 +205,7 @@ def main(argv=None):
         if dist.is_main():
             write_json(out / "results.json", results)
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Stop()))
+    signal.signal(signal.SIGTERM, raise_stop)
     budget_seconds = cfg.time_budget * 60 or math.inf
     quiet = quiet_bars()
     headline = task.headline
