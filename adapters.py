@@ -102,8 +102,9 @@ class MethodConfig:
         ia3_paths = {path for path, _ in IA3_TARGETS.values()}
         shared = [t for t in self.lora_targets if LORA_TARGETS[t] in ia3_paths]
         if {"lora", "ia3"} <= set(parts) and shared:  # one nn.Linear can become LoRALinear or IA3Linear, not both
+            free = [t for t in LORA_TARGETS if LORA_TARGETS[t] not in ia3_paths]
             raise ValueError(f"method {self.method!r}: lora_targets {shared} are layers (IA)^3 rescales; "
-                             f"choose lora_targets among {[t for t in LORA_TARGETS if LORA_TARGETS[t] not in ia3_paths]}")
+                             f"choose lora_targets among {free}")
         return self
 
     @classmethod

@@ -95,7 +95,7 @@ class BertEmbeddings(nn.Module):
         words = self.word_embeddings(input_ids)  # (B, T, H)
         if self.prompt is not None:  # (B, T, H) -> (B, V + T, H): virtual tokens after [CLS], segment A
             words, token_type_ids = self.prompt.insert(words), self.prompt.insert(token_type_ids, fill=0)
-        positions = torch.arange(words.shape[1], device=words.device)  # (T,), or (V + T,): virtual tokens take positions as typed text would
+        positions = torch.arange(words.shape[1], device=words.device)  # (T,), or (V + T,) with a prompt
         x = (words  # (B, T, H)
              + self.position_embeddings(positions)  # (T, H), broadcast over B
              + self.token_type_embeddings(token_type_ids))  # (B, T, H)

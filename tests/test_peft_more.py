@@ -152,7 +152,8 @@ def test_hybrid_names_are_canonical_and_checked():
                        ("lora+", "unknown part ''"), ("lora+lora", "'lora' appears twice"),
                        ("full+lora", "'full' cannot be part of a hybrid: it already trains every parameter"),
                        ("head+bitfit", "'head' cannot be part of a hybrid"),
-                       ("lora-bitfit", r"allowed \['full', 'bitfit', 'adapter', 'lora', 'head', 'prompt', 'prefix', 'ia3'\]")]:
+                       ("lora-bitfit", r"allowed \['full', 'bitfit', 'adapter', 'lora', 'head', 'prompt', 'prefix', "
+                                       r"'ia3'\], or several joined by '\+'")]:
         with pytest.raises(ValueError, match=match):
             MethodConfig(bad)
     with pytest.raises(ValueError, match=r"lora_targets \['value'\] are layers \(IA\)\^3 rescales"):
@@ -335,7 +336,7 @@ def test_prompt_is_a_hard_prompt_after_cls(minilm, pooling):
     types = torch.zeros_like(ids)
     types[:, 6:] = 1  # a sentence pair: the prompt takes [CLS]'s segment A
     hard = lambda x, fill: torch.cat([x[:, :1], fill.expand(2, 3), x[:, 1:]], 1)  # noqa: E731
-    ids_h, mask_h, types_h = hard(ids, w), hard(mask, torch.ones(3, dtype=mask.dtype)), hard(types, torch.zeros(3, dtype=types.dtype))
+    ids_h, mask_h, types_h = hard(ids, w), hard(mask, torch.ones(3, dtype=mask.dtype)), hard(types, 0 * w)
     model.eval(), base.eval()
     with torch.no_grad():
         h = model.bert(ids, mask, types)  # (B, T, H)
