@@ -7,6 +7,15 @@ that everything else stayed frozen.
           (Houlsby et al., 2019, "Parameter-Efficient Transfer Learning for NLP", sec. 2.1).
   lora    low-rank updates of chosen Linear layers plus the task head (Hu et al., 2021; lora.py).
   head    only the task head.
+  prompt  V trainable virtual-token embeddings after [CLS], plus the task head (Lester et al., 2021;
+          prompts.py).
+  prefix  trainable key/value prefixes in every layer, reparameterised by an MLP while training,
+          plus the task head (Li & Liang, 2021; prompts.py).
+  ia3     vectors rescaling keys, values and the FFN activation, plus the task head (Liu et al.,
+          2022; ia3.py).
+Hybrids combine methods by name, `bitfit+lora`: the parts' modules are all inserted and the trainable
+set is the union of their rows of TRAINABLE (the "hybrid" family of Xu et al.'s PEFT survey, 2023,
+arXiv 2312.12148). The name is canonical with its parts sorted; `full` and `head` stand alone.
 
 The task head is `classifier` plus `bert.pooler` when pooling is "cls"; under "mean" the model has no
 pooler, so the head is the classifier alone. (adapter-bert, Houlsby's code, keeps the pretrained pooler
@@ -16,7 +25,7 @@ The whole trainable set of a method is one row of TRAINABLE: anchored regexes ov
 `apply_method` is the one function that sets requires_grad, on every parameter, and returns the
 (name, parameter) list that the optimizer, the audit and save_trainable are all built from.
 Checkpoints hold only the trainable tensors (save_trainable / load_trainable); export_merged writes
-a plain BERT checkpoint with LoRA folded in.
+a plain BERT checkpoint with LoRA and (IA)^3 folded in.
 """
 import hashlib
 import json
@@ -30,10 +39,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 # re-exported: adapters is the one import for every method
+from ia3 import IA3_TARGETS, IA3Linear, add_ia3, ia3_layers, merge_ia3, unmerge_ia3  # noqa: F401
 from lora import LORA_TARGETS, LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora  # noqa: F401
 from model import ACTIVATIONS, load_pretrained
+from prompts import PrefixEncoder, SoftPrompt, add_prefix, add_prompt, merge_prefix  # noqa: F401
 
-METHODS = ("full", "bitfit", "adapter", "lora", "head")
+METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")
+SOLO = {"full": "it already trains every parameter", "head": "every method already trains the task head"}
 ADAPTER_SLOTS = {  # placement -> slots (module paths inside bert.encoder.layer.N) that get an Adapter
     "houlsby": ("attention.output", "output"),  # two per layer (Houlsby et al., 2019, Fig. 2)
     "pfeiffer": ("output",),  # one per layer, in the FFN slot: the position Pfeiffer et al. (2021,
@@ -55,12 +67,23 @@ class MethodConfig:
     # the paper's 0.1 is for GPT-2 on E2E (Table 11).
     lora_targets: tuple = ("query", "value")  # keys of lora.LORA_TARGETS; W_q, W_v: the paper's GLUE
     # setting (sec. 5.1; sec. 7.1 compares other choices)
+    prompt_length: int = 20  # V virtual tokens. Lester et al. sec. 3.2 (Fig. 3a): beyond 20 tokens the
+    # gains are marginal (they used 100 for T5); each token lengthens every sequence, 128 -> 148 here
+    prefix_length: int = 20  # P prefix positions per layer; Li & Liang sec. 7.1 find 200 best for
+    # summarisation, 10 for table-to-text; 20 is PEFT's usual num_virtual_tokens
+    prefix_hidden: int = 512  # width of the reparameterisation MLP (sec. 4.3); 512 is the reference
+    # code's mid_dim (XiangLi1999/PrefixTuning)
+
+    def __post_init__(self):
+        self.method = canonical_method(self.method)  # "lora+bitfit" -> "bitfit+lora"; unknown names raise
 
     def validate(self):
         def allowed(field, value, choices):
             if value not in choices:
                 raise ValueError(f"{field} {value!r}: allowed {list(choices)}")
-        allowed("method", self.method, METHODS)
+        if self.method != canonical_method(self.method):
+            raise ValueError(f"method {self.method!r}: write it {canonical_method(self.method)!r}")
+        parts = method_parts(self.method)
         allowed("adapter_placement", self.adapter_placement, ADAPTER_SLOTS)
         allowed("adapter_act", self.adapter_act, ACTIVATIONS)
         if isinstance(self.lora_targets, str) or not self.lora_targets or \
@@ -73,6 +96,15 @@ class MethodConfig:
             raise ValueError(f"adapter_size and lora_r must be >= 1, got {self.adapter_size}, {self.lora_r}")
         if self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0 or self.adapter_init_std <= 0:
             raise ValueError("need lora_alpha > 0, 0 <= lora_dropout < 1, adapter_init_std > 0")
+        if min(self.prompt_length, self.prefix_length, self.prefix_hidden) < 1:
+            raise ValueError(f"prompt_length, prefix_length and prefix_hidden must be >= 1, got "
+                             f"{self.prompt_length}, {self.prefix_length}, {self.prefix_hidden}")
+        ia3_paths = {path for path, _ in IA3_TARGETS.values()}
+        shared = [t for t in self.lora_targets if LORA_TARGETS[t] in ia3_paths]
+        if {"lora", "ia3"} <= set(parts) and shared:  # one nn.Linear can become LoRALinear or IA3Linear, not both
+            free = [t for t in LORA_TARGETS if LORA_TARGETS[t] not in ia3_paths]
+            raise ValueError(f"method {self.method!r}: lora_targets {shared} are layers (IA)^3 rescales; "
+                             f"choose lora_targets among {free}")
         return self
 
     @classmethod
@@ -80,6 +112,34 @@ class MethodConfig:
         raw = json.loads(text)
         raw["lora_targets"] = tuple(raw["lora_targets"])  # JSON has no tuples
         return cls(**raw).validate()
+
+
+def method_problem(method: str):
+    """What is wrong with a method name, or None. A hybrid joins distinct parts with '+'."""
+    parts = method.split("+")
+    if len(parts) == 1 and method not in METHODS:
+        return f"allowed {list(METHODS)}, or several joined by '+' (e.g. 'bitfit+lora')"
+    for part in parts:
+        if part in SOLO and len(parts) > 1:
+            return f"{part!r} cannot be part of a hybrid: {SOLO[part]}"
+        if part not in METHODS:
+            return f"unknown part {part!r}; allowed parts {[m for m in METHODS if m not in SOLO]}"
+        if parts.count(part) > 1:
+            return f"{part!r} appears twice"
+    return None
+
+
+def method_parts(method: str) -> tuple:
+    """"bitfit+lora" -> ("bitfit", "lora"), sorted; a single method -> (method,). Raises ValueError."""
+    problem = method_problem(method)
+    if problem:
+        raise ValueError(f"method {method!r}: {problem}")
+    return tuple(sorted(method.split("+")))
+
+
+def canonical_method(method: str) -> str:
+    """The order-insensitive name of a method: "lora+bitfit" -> "bitfit+lora"."""
+    return "+".join(method_parts(method))
 
 
 # ---------------------------------------------------------------------------------- adapters
@@ -127,21 +187,40 @@ TRAINABLE = {  # method -> anchored regexes over parameter names; a parameter tr
     "adapter": (r"\.adapter\.(down|up)\.(weight|bias)$", r"\.LayerNorm\.(weight|bias)$") + HEAD,
     "lora": (r"\.lora_[AB]$",) + HEAD,
     "head": HEAD,
+    "prompt": (r"^bert\.embeddings\.prompt\.weight$",) + HEAD,  # the V virtual-token vectors
+    # while training: the MLP's embedding and two Linears; after merge_prefix: the prefixes `kv`
+    "prefix": (r"^bert\.encoder\.prefix\.(embedding\.weight|(hidden|out)\.(weight|bias)|kv)$",) + HEAD,
+    "ia3": (r"\.ia3_l$",) + HEAD,  # l_k, l_v, l_ff in every layer
 }
 
 
 def is_trainable(name: str, method: str) -> bool:
-    return any(re.search(p, name) for p in TRAINABLE[method])
+    """A hybrid trains the union: a parameter trains iff some part's row matches it. (bitfit's bias
+    pattern also claims the biases of modules other parts add; the audit counts those as shared.)"""
+    return any(re.search(p, name) for part in method_parts(method) for p in TRAINABLE[part])
+
+
+def trainable_params(model: nn.Module) -> list:
+    """[(name, parameter)] with requires_grad, in model order: what apply_method returned, until a
+    surgery that swaps parameters (merge_prefix)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
-    """Insert the method's modules, set requires_grad True/False on every parameter, and return the
-    trainable [(name, parameter)]: the one list the optimizer is built from."""
+    """Insert the method's modules (each part's, for a hybrid), set requires_grad True/False on every
+    parameter, and return the trainable [(name, parameter)]: the one list the optimizer is built from."""
     cfg.validate()
-    if cfg.method == "adapter":
+    parts = method_parts(cfg.method)
+    if "adapter" in parts:
         add_adapters(model, cfg)
-    if cfg.method == "lora":
+    if "lora" in parts:
         add_lora(model, cfg)
+    if "ia3" in parts:
+        add_ia3(model)
+    if "prompt" in parts:
+        add_prompt(model, cfg)
+    if "prefix" in parts:
+        add_prefix(model, cfg)
     params = list(model.named_parameters())
     trainable, frozen = [], []
     for name, p in params:
@@ -164,6 +243,9 @@ GROUPS = (  # disjoint by construction: every parameter must match exactly one (
     ("biases", r"^bert\.(embeddings|encoder)\.(.+\.)?(query|key|value|dense|LayerNorm)\.bias$"),  # backbone's
     ("adapters", r"\.adapter\.(down|up)\.(weight|bias)$"),  # adapter weights and their own biases
     ("LoRA", r"\.lora_[AB]$"),
+    ("prompt", r"^bert\.embeddings\.prompt\.weight$"),
+    ("prefix", r"^bert\.encoder\.prefix\."),  # the MLP and its embedding, or the merged prefixes
+    ("IA3", r"\.ia3_l$"),
     ("head", r"^(classifier|bert\.pooler)\."),  # classifier and pooler, weights and biases
 )
 
@@ -183,6 +265,7 @@ class Audit:
     trainable: int
     total: int  # every parameter, the added adapter / LoRA ones included (as PEFT counts)
     trainable_bytes: int  # tensor bytes save_trainable writes (plus a header of a few KB)
+    parts: list = ()  # hybrids: [(part, claimed, claimed by no other part)], then ("shared", n, n)
 
     def line(self) -> str:
         return (f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
@@ -193,11 +276,14 @@ class Audit:
                f"{'group':<11}{'trainable':>13}{'total':>13}{'%':>9}"]
         for group, t, n in self.rows:
             out.append(f"{group:<11}{t:>13,}{n:>13,}{100 * t / n if n else 0:>9.2f}")
+        if self.parts:
+            out.append(f"{'part':<11}{'claims':>13}{'alone':>13}")
+            out += [f"{part:<11}{claimed:>13,}{alone:>13,}" for part, claimed, alone in self.parts]
         out.append(self.line())
         return "\n".join(out)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "rows": [list(r) for r in self.rows],
+        return {**asdict(self), "rows": [list(r) for r in self.rows], "parts": [list(r) for r in self.parts],
                 "trainable_pct": 100 * self.trainable / self.total}
 
 
@@ -214,7 +300,19 @@ def audit(model: nn.Module, trainable: list, method: str = "") -> Audit:
         row[0], row[1] = row[0] + (p.numel() if id(p) in ids else 0), row[1] + p.numel()
     rows = [(g, t, n) for g, (t, n) in counts.items() if n]
     return Audit(method, model.config.pooling, rows, sum(r[1] for r in rows), sum(r[2] for r in rows),
-                 checkpoint_size_bytes(trainable))
+                 checkpoint_size_bytes(trainable), hybrid_parts(trainable, method))
+
+
+def hybrid_parts(trainable: list, method: str) -> list:
+    """What each part of a hybrid contributes: [(part, trainable params its row claims, those no other
+    part claims)], then ("shared", n, n) for the params several parts claim (the head at least)."""
+    if not method or "+" not in method:
+        return []
+    parts = method_parts(method)
+    claims = [(p.numel(), [part for part in parts if is_trainable(n, part)]) for n, p in trainable]
+    rows = [(part, sum(k for k, c in claims if part in c), sum(k for k, c in claims if c == [part])) for part in parts]
+    shared = sum(k for k, c in claims if len(c) > 1)
+    return rows + [("shared", shared, shared)]
 
 
 def checkpoint_size_bytes(trainable: list) -> int:
@@ -241,9 +339,10 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 def _require_unmerged(model):
-    merged = [n for n, m in lora_layers(model) if m.merged]
-    if merged:  # merging writes W + dW into the frozen weight; the proof is about W itself
-        raise RuntimeError(f"LoRA layers are merged ({merged[0]}, ...): call unmerge_lora(model) first")
+    merged = [n for n, m in lora_layers(model) + ia3_layers(model) if m.merged]
+    if merged:  # merging writes W + dW (or l * W) into the frozen weight; the proof is about W itself
+        raise RuntimeError(f"LoRA / (IA)^3 layers are merged ({merged[0]}, ...): call unmerge_lora(model) / "
+                           "unmerge_ia3(model) first")
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -285,14 +384,20 @@ def fingerprint_digest(fp: dict) -> str:
 def save_trainable(model: nn.Module, trainable: list, cfg: MethodConfig, path, meta: dict):
     """Write only the trainable tensors (safetensors). The metadata holds what load_trainable needs:
     method, its options (JSON), base model id, task, num_labels, pooling, `meta` (JSON), and a digest
-    of the frozen tensors, so a different base checkpoint, or frozen weights that moved, fail to load."""
+    of the frozen tensors, so a different base checkpoint, or frozen weights that moved, fail to load.
+    Prefix tuning saves the MLP while training (what the optimizer and resume need); after
+    merge_prefix(model), pass trainable_params(model) and only the prefixes `kv` are written."""
     base = meta.get("base_model") or getattr(model, "name_or_path", None)
     if not base:
         raise ValueError("save_trainable needs the base model id: meta['base_model'], or a load_pretrained model")
+    if {(n, id(p)) for n, p in trainable} != {(n, id(p)) for n, p in trainable_params(model)}:
+        raise ValueError("the trainable list is not the model's requires_grad parameters "
+                         "(after merge_prefix, pass trainable_params(model))")
+    prefix = model.bert.encoder.prefix
     header = {"format": FORMAT, "method": cfg.method, "method_config": json.dumps(asdict(cfg)), "base_model": str(base),
               "task": str(meta.get("task", "")), "num_labels": str(model.config.num_labels),
               "pooling": model.config.pooling, "frozen_digest": fingerprint_digest(fingerprint(model)),
-              "meta": json.dumps(meta)}
+              "prefix_merged": str(prefix is not None and prefix.merged), "meta": json.dumps(meta)}
     save_file({n: p.detach().cpu().contiguous() for n, p in trainable}, str(path), metadata=header)
 
 
@@ -325,6 +430,9 @@ def load_trainable(path, device="cpu") -> tuple:
     if fingerprint_digest(fingerprint(model)) != header["frozen_digest"]:
         raise ValueError(f"{path}: the frozen tensors of {header['base_model']!r} differ from the ones "
                          "saved with the checkpoint (another base checkpoint, or frozen weights moved)")
+    if header.get("prefix_merged") == "True":  # saved after merge_prefix: the file holds `kv`, not the MLP
+        merge_prefix(model)
+        trainable = trainable_params(model)
     load_trainable_tensors(model, trainable, path)
     meta = {**json.loads(header["meta"]), "method": cfg.method, "method_config": asdict(cfg),
             "base_model": header["base_model"], "task": header["task"],
@@ -333,22 +441,26 @@ def load_trainable(path, device="cpu") -> tuple:
 
 
 def export_merged(model: nn.Module, path, tokenizer=None) -> Path:
-    """Fold LoRA into the base weights and write a plain checkpoint directory that
+    """Fold LoRA and (IA)^3 into the base weights and write a plain checkpoint directory that
     model.load_pretrained(path, num_labels=L) reads: model.safetensors (HF key layout, plain
-    weight/bias keys, no lora_ keys), config.json, 1_Pooling/config.json (declares the pooling), and
-    tokenizer.json when a tokenizer is given. Works for every method but adapter (adapters are
-    nonlinear and cannot be folded). The model's LoRA layers are left merged or not, as found."""
-    if any(isinstance(m, Adapter) for m in model.modules()):
-        raise ValueError("adapters cannot be merged into the base weights; use save_trainable")
+    weight/bias keys, no lora_ / ia3_ keys), config.json, 1_Pooling/config.json (declares the pooling),
+    and tokenizer.json when a tokenizer is given. Adapters, soft prompts and prefixes add computation
+    a plain BERT does not have, so they cannot be exported. Layers are left merged or not, as found."""
+    kinds = {Adapter: "adapters", SoftPrompt: "soft prompts", PrefixEncoder: "prefixes"}
+    found = [name for kind, name in kinds.items() if any(isinstance(m, kind) for m in model.modules())]
+    if found:
+        raise ValueError(f"{' and '.join(found)} cannot be merged into the base weights; use save_trainable")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    was_merged = {id(m) for _, m in lora_layers(model) if m.merged}
-    merge_lora(model)
+    layers = [m for _, m in lora_layers(model) + ia3_layers(model)]  # never the same Linear (MethodConfig.validate)
+    was_merged = {id(m) for m in layers if m.merged}
+    for m in layers:
+        m.merge()
     try:  # clone: on CPU .cpu() aliases the parameter, which unmerge() below overwrites
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                 if not re.search(r"\.lora_[AB]$", k)}
+                 if not re.search(r"\.(lora_[AB]|ia3_l)$", k)}
     finally:
-        for _, m in lora_layers(model):
+        for m in layers:
             if id(m) not in was_merged:
                 m.unmerge()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -1,6 +1,7 @@
 """Measure each method's training and evaluation speed on real GLUE batches, in one run.
 
   python bench.py --model minilm --methods full bitfit adapter lora head --compare-hf
+  python bench.py --model minilm --methods prompt prefix ia3 bitfit+lora --steps 10
 
 Per method: median training-step time (device-synchronized, warm-up steps left out), real
 (non-pad) tokens/s over the measured steps, evaluation tokens/s (inference mode, larger
@@ -8,7 +9,7 @@ batches), peak memory (CUDA), trainable parameters and optimizer-state bytes. Ra
 our own full fine-tuning come from the same run, on the same machine.
 
 --compare-hf runs the same measurement on transformers' BertForSequenceClassification (peft for
-LoRA) with the same weights, batch size and dtype. The reference gets its usual data pipeline:
+LoRA) with the same weights, batch size and dtype, for the methods in HF_REFERENCE. The reference gets its usual data pipeline:
 random batches padded to their longest sequence (DataCollatorWithPadding); ours gets
 length-bucketed batches. Both see the same examples; throughput counts real tokens only.
 --model bert-base-random builds BERT-base's config with random weights: speed only.
@@ -29,8 +30,10 @@ from model import BertConfig, BertForSequenceClassification, encoder_flops_per_t
 from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
 from tokenizer import BertTokenizer
 from checkpoint import minilm_dir
+from config import method_flag
 from train import pick_amp, pick_device
 
+HF_REFERENCE = ("full", "bitfit", "lora", "head")  # methods hf_model builds the reference way
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense
 
 
@@ -145,7 +148,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="minilm", help="checkpoint, or bert-base-random (speed only)")
     p.add_argument("--task", default="mrpc")
-    p.add_argument("--methods", nargs="+", default=list(adapters.METHODS), choices=adapters.METHODS)
+    p.add_argument("--methods", nargs="+", default=list(adapters.METHODS), type=method_flag,
+                   help=f"any of {', '.join(adapters.METHODS)}, or hybrids such as bitfit+lora")
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
                    help="cls by default, so that our model and transformers' compute the same thing")
     p.add_argument("--batch-size", type=int, default=32)
@@ -182,7 +186,7 @@ def main(argv=None):
         row["mfu"] = mfu(row, base.config, device, mean_len)
         rows.append(row)
         print(json.dumps(row))
-        if args.compare_hf and method != "adapter":  # no adapter in the reference stack
+        if args.compare_hf and method in HF_REFERENCE:  # no adapter, prompt, prefix, (IA)^3 or hybrid reference here
             torch.manual_seed(0)
             ref = hf_model(model_fresh(base), cfg)
             ref_trainable = [(n, p) for n, p in ref.named_parameters() if p.requires_grad]
@@ -223,12 +227,12 @@ def ratios(rows):
 def print_table(result):
     env = result["environment"]
     print(f"\n{result['model']} on {env['device_name']}, {env['dtype']}, batch {result['batch_size']}")
-    print(f"{'method':8} {'stack':8} {'step ms':>8} {'train tok/s':>12} {'eval tok/s':>11} "
+    print(f"{'method':14} {'stack':8} {'step ms':>8} {'train tok/s':>12} {'eval tok/s':>11} "
           f"{'peak MiB':>9} {'trainable':>11} {'optim MiB':>9} {'MFU':>6}")
     for r in result["rows"]:
         mem = f"{r['peak_memory_bytes'] / 2**20:9.0f}" if r["peak_memory_bytes"] else f"{'-':>9}"
         mfu_ = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else f"{'-':>6}"
-        print(f"{r['method']:8} {r['stack']:8} {1e3 * r['step_seconds_median']:8.1f} "
+        print(f"{r['method']:14} {r['stack']:8} {1e3 * r['step_seconds_median']:8.1f} "
               f"{r['train_tokens_per_second']:12.0f} {r['eval_tokens_per_second']:11.0f} {mem} "
               f"{r['trainable']:11,d} {r['optimizer_state_bytes'] / 2**20:9.1f} {mfu_}")
     for k, v in result["ratios"].items():

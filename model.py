@@ -2,11 +2,18 @@
 
 Shape legend, used in every comment below:
   B batch, T tokens, H hidden size, N attention heads, D head size (H = N * D),
-  I intermediate (FFN) size, L labels.
+  I intermediate (FFN) size, L labels, V prompt (virtual) tokens, P prefix positions.
 
 Each layer has two adapter slots, `attention.output.adapter` and `output.adapter`: identity
 modules that sit after the attention output projection and after the FFN output projection,
 before the residual add and LayerNorm (Houlsby et al., 2019, Fig. 2). adapters.py fills them.
+
+Two more slots are None until prompts.py fills them; while None they change nothing:
+  bert.embeddings.prompt -- a SoftPrompt: V virtual token vectors inserted after [CLS] at the word-
+      embedding level (prompt tuning, Lester et al., 2021). The sequence grows to V + T inside the
+      encoder; BertModel drops the virtual positions again, so its output stays (B, T, H).
+  bert.encoder.prefix -- a PrefixEncoder: P key and value vectors per layer and head, seen by every
+      query before the T real keys (prefix tuning, Li & Liang, 2021). The output stays (B, T, H).
 
 The task head pools the last layer one of two ways (`BertConfig.pooling`):
   cls  -- BERT's pooler: tanh(dense(h[CLS])) (Devlin et al., 2019, sec. 3);
@@ -82,11 +89,14 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.prompt = None  # slot: prompts.add_prompt puts a SoftPrompt here
 
     def forward(self, input_ids, token_type_ids):
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
-        x = (self.word_embeddings(input_ids)  # (B, T, H)
+        words = self.word_embeddings(input_ids)  # (B, T, H)
+        if self.prompt is not None:  # (B, T, H) -> (B, V + T, H): virtual tokens after [CLS], segment A
+            words, token_type_ids = self.prompt.insert(words), self.prompt.insert(token_type_ids, fill=0)
+        positions = torch.arange(words.shape[1], device=words.device)  # (T,), or (V + T,) with a prompt
+        x = (words  # (B, T, H)
              + self.position_embeddings(positions)  # (T, H), broadcast over B
              + self.token_type_embeddings(token_type_ids))  # (B, T, H)
         return self.dropout(self.LayerNorm(x))
@@ -101,13 +111,16 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
         self.dropout_p = c.attention_probs_dropout_prob
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, prefix=None):
         B, T, H = x.shape
         N = self.num_heads
         # (B, T, H) -> (B, T, N, D) -> (B, N, T, D)
         q, k, v = (proj(x).view(B, T, N, H // N).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
-        # mask: (B, 1, 1, T) bool, True where the key is a real token; softmax(qk^T/sqrt(D)) v
+        if prefix is not None:  # this layer's (key, value) prefixes, each (N, P, D): the same for every example
+            pk, pv = (p.to(k.dtype).expand(B, -1, -1, -1) for p in prefix)  # (B, N, P, D)
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, N, P + T, D)
+        # mask: (B, 1, 1, [P +] T) bool, True where the key is a real token or a prefix; softmax(qk^T/sqrt(D)) v
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, H)  # (B, N, T, D) -> (B, T, H)
@@ -133,8 +146,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(c)
         self.output = BertSelfOutput(c)
 
-    def forward(self, x, mask):
-        return self.output(self.self(x, mask), x)
+    def forward(self, x, mask, prefix=None):
+        return self.output(self.self(x, mask, prefix), x)
 
 
 class BertIntermediate(nn.Module):
@@ -168,8 +181,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(c)
         self.output = BertOutput(c)
 
-    def forward(self, x, mask):
-        a = self.attention(x, mask)
+    def forward(self, x, mask, prefix=None):
+        a = self.attention(x, mask, prefix)
         return self.output(self.intermediate(a), a)
 
 
@@ -177,10 +190,18 @@ class BertEncoder(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
+        self.prefix = None  # slot: prompts.add_prefix puts a PrefixEncoder here
 
     def forward(self, x, mask):
-        for layer in self.layer:
-            x = layer(x, mask)
+        if self.prefix is None:
+            for layer in self.layer:
+                x = layer(x, mask)
+            return x
+        kv = self.prefix()  # (layers, 2, N, P, D): every layer's key and value prefixes
+        visible = torch.ones(*mask.shape[:-1], kv.shape[3], dtype=torch.bool, device=mask.device)  # (B, 1, 1, P)
+        mask = torch.cat([visible, mask], dim=-1)  # (B, 1, 1, P + T): every query sees every prefix
+        for layer, (k, v) in zip(self.layer, kv):
+            x = layer(x, mask, (k, v))
         return x
 
 
@@ -209,8 +230,12 @@ class BertModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        prompt = self.embeddings.prompt
+        if prompt is not None:  # the virtual tokens are never padding: (B, T) -> (B, V + T)
+            attention_mask = prompt.insert(attention_mask, fill=1)
         mask = attention_mask.bool()[:, None, None, :]  # (B, T) -> (B, 1, 1, T), broadcast over N, T
-        return self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        return h if prompt is None else prompt.remove(h)  # (B, V + T, H) -> (B, T, H): real tokens only
 
 
 class BertForSequenceClassification(nn.Module):

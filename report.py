@@ -21,11 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DONE = ("complete", "time_budget")
-METHODS = ("full", "bitfit", "adapter", "lora", "head")  # display order
+METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")  # display order; hybrids after
 TASKS = ("mrpc", "cola", "stsb")
 METRIC_LABEL = {"f1": "F1", "matthews": "Matthews corr.", "pearson": "Pearson r", "spearman": "Spearman rho",
                 "accuracy": "accuracy"}
-COLORS = {"full": "tab:blue", "bitfit": "tab:orange", "adapter": "tab:green", "lora": "tab:red", "head": "tab:purple"}
+COLORS = {"full": "tab:blue", "bitfit": "tab:orange", "adapter": "tab:green", "lora": "tab:red", "head": "tab:purple",
+          "prompt": "tab:brown", "prefix": "tab:pink", "ia3": "tab:olive"}  # hybrids: matplotlib's next colour
 MIB = 2 ** 20
 
 
@@ -143,6 +144,11 @@ def header(runs, ignored) -> list:
         if "lora" in methods:
             lines.append(f"- LoRA: r {cfg('lora_r', 'lora')}, alpha {cfg('lora_alpha', 'lora')}, "
                          f"targets {cfg('lora_targets', 'lora')}")
+        if "prompt" in methods:
+            lines.append(f"- prompt tuning: {cfg('prompt_length', 'prompt')} virtual tokens")
+        if "prefix" in methods:
+            lines.append(f"- prefix tuning: {cfg('prefix_length', 'prefix')} positions, reparameterisation MLP "
+                         f"width {cfg('prefix_hidden', 'prefix')}")
     budget = [r["config"] for r in runs if is_budget(r)]
     if budget:
         lines.append(f"- time-budget runs: {listing(c['time_budget'] for c in budget)} minutes of training "

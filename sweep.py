@@ -37,7 +37,7 @@ PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that
 
 @dataclass(frozen=True)
 class Preset:
-    methods: tuple  # fine-tuning methods (adapters.METHODS)
+    methods: tuple  # fine-tuning methods (adapters.METHODS, or hybrids such as "bitfit+lora")
     tasks: tuple  # GLUE tasks (glue.TASKS)
     fracs: tuple  # fractions of the training pool; nested, so 0.3 is a subset of 0.5
     seeds: tuple  # one fixed-epoch run per seed
@@ -60,6 +60,11 @@ PRESETS = {
     "cpu": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
                   fracs=(0.3, 1.0), seeds=(0, 1), epochs=3, budget_minutes=10, budget_epochs=100,
                   model="minilm"),
+    # The survey's other families on the CPU study's protocol: soft prompts, prefixes, (IA)^3, and two
+    # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare.
+    "families": Preset(methods=("prompt", "prefix", "ia3", "bitfit+lora", "adapter+bitfit"),
+                       tasks=("mrpc", "cola", "stsb"), fracs=(0.3, 1.0), seeds=(0, 1), epochs=3,
+                       budget_minutes=10, budget_epochs=100, model="minilm"),
     # Seconds, not minutes: checks that the sweep, train.py and report.py fit together.
     # 66 and 132 training examples of 16 tokens; evaluating 774 examples per run is most of the work.
     "smoke": Preset(methods=("bitfit", "lora"), tasks=("mrpc",), fracs=(0.02, 0.04), seeds=(0,), epochs=1,
@@ -224,9 +229,12 @@ def parse_args(argv=None):
     import glue
     for name, given, allowed in [("--tasks", preset.tasks, sorted(glue.TASKS)),
                                  ("--methods", preset.methods, list(adapters.METHODS))]:
-        bad = [x for x in given if x not in allowed]
+        bad = [x for x in given if x not in allowed and (name == "--tasks" or adapters.method_problem(x))]
         if bad:
-            p.error(f"{name}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+            p.error(f"{name}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}"
+                    + (", or several joined by '+' (e.g. bitfit+lora)" if name == "--methods" else ""))
+    # hybrids by their canonical name, the one train.py uses: lora+bitfit and bitfit+lora are one configuration
+    args.preset = replace(preset, methods=tuple(dict.fromkeys(adapters.canonical_method(m) for m in preset.methods)))
     return args
 
 

@@ -23,6 +23,7 @@ from model import BertConfig, BertForSequenceClassification, count_params, load_
 from tokenizer import BertTokenizer
 
 POOLINGS = ("mean", "cls")
+CORE = ("full", "bitfit", "adapter", "lora", "head")  # prompt, prefix, ia3 and hybrids: test_peft_more.py
 ALL_TARGETS = tuple(LORA_TARGETS)
 MINILM = dict(H=384, I=1536, L=6, V=30522, P=512, T=2)  # all-MiniLM-L6-v2's config.json
 BERT_BASE = dict(H=768, I=3072, L=12, V=30522, P=512, T=2)  # BertConfig() defaults
@@ -82,7 +83,7 @@ def hand_count(d, method, pooling, labels=2, **added):
     return head
 
 
-VARIANTS = [(MethodConfig(m), {}) for m in METHODS] + [
+VARIANTS = [(MethodConfig(m), {}) for m in CORE] + [
     (MethodConfig("adapter", adapter_size=8, adapter_placement="pfeiffer"), dict(m=8, slots=1)),
     (MethodConfig("lora", lora_r=4, lora_targets=ALL_TARGETS), dict(r=4, targets=ALL_TARGETS))]
 
@@ -101,7 +102,7 @@ def test_minilm_counts_by_hand(minilm, pooling, cfg, kw):
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CORE)
 def test_bert_base_counts_by_hand(pooling, method):
     with torch.device("meta"):  # counts depend on shapes only: no memory, no init
         model = BertForSequenceClassification(BertConfig(pooling=pooling))
@@ -132,7 +133,7 @@ def step_and_check(model, trainable, ids, mask, labels):
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CORE)
 def test_step_tiny(tiny_config, pooling, method):
     model = tiny(tiny_config, pooling)
     step_and_check(model, apply_method(model, MethodConfig(method, adapter_size=4, lora_targets=ALL_TARGETS)),
@@ -238,10 +239,11 @@ def test_merge_unmerge(minilm):
 
 # ------------------------------------------------------------------------------- audit, optimizer
 def test_audit_groups_and_table(minilm):
-    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA"}, "bitfit": {"biases", "head"},
+    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3"},
+                       "bitfit": {"biases", "head"},
                        "adapter": {"adapters", "LayerNorm", "biases", "head"}, "lora": {"LoRA", "head"},
                        "head": {"head"}}
-    for method in METHODS:
+    for method in CORE:
         model = copy.deepcopy(minilm["mean"][0])
         trainable = apply_method(model, MethodConfig(method))
         a = audit(model, trainable, method)
@@ -262,7 +264,8 @@ def test_groups_are_disjoint_and_cover(tiny_config):
     add_adapters(model, MethodConfig("adapter"))
     add_lora(model, MethodConfig("lora", lora_targets=ALL_TARGETS))
     names = [n for n, _ in model.named_parameters()]
-    assert len({group_of(n) for n in names}) == len(GROUPS)  # group_of raises unless exactly one matches
+    new_groups = {"prompt", "prefix", "IA3"}  # the new methods' modules: test_peft_more.py
+    assert {group_of(n) for n in names} == {g for g, _ in GROUPS} - new_groups  # group_of raises unless one matches
     model.extra = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="extra.weight"):
         group_of("extra.weight")
@@ -286,7 +289,8 @@ def test_optimizer_must_hold_exactly_the_audited_list(tiny_config):
 
 # ------------------------------------------------------------------------- config errors, surgery
 @pytest.mark.parametrize("bad,match", [
-    (dict(method="prefix"), r"method 'prefix': allowed \['full', 'bitfit', 'adapter', 'lora', 'head'\]"),
+    (dict(method="prefix-tuning"), r"method 'prefix-tuning': allowed \['full', 'bitfit', 'adapter', 'lora', 'head', "
+                                    r"'prompt', 'prefix', 'ia3'\], or several joined by '\+'"),
     (dict(method="lora", lora_targets=("query_proj",)), r"lora target 'query_proj': allowed \['query'"),
     (dict(method="lora", lora_targets="query"), r"non-empty tuple of distinct names from \['query'"),
     (dict(method="lora", lora_targets=("query", "query")), "distinct"),
@@ -295,7 +299,7 @@ def test_optimizer_must_hold_exactly_the_audited_list(tiny_config):
 ])
 def test_bad_config_raises(tiny_config, bad, match):
     model = tiny(tiny_config, "cls")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match):  # a bad method name is refused by MethodConfig itself
         apply_method(model, MethodConfig(**bad))
     assert all(p.requires_grad for p in model.parameters())  # rejected before touching the model
 
@@ -339,7 +343,7 @@ def expected_keys(method, pooling, L=6):
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CORE)
 def test_minilm_step_save_load(minilm, tmp_path, pooling, method):
     """A huge step moves every trainable tensor and no frozen one; the checkpoint holds exactly the
     expected keys; loading it reproduces the trained model's outputs exactly."""

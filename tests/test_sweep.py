@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- the grid --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, fixed, budget", [("paper", 4 * 3 * 4 * 5, 4 * 3), ("cpu", 4 * 3 * 2 * 2, 4 * 3),
-                                                 ("smoke", 2 * 1 * 2 * 1, 2 * 1)])
+                                                 ("smoke", 2 * 1 * 2 * 1, 2 * 1),
+                                                 ("families", 5 * 3 * 2 * 2, 5 * 3)])
 def test_preset_sizes(name, fixed, budget):
     runs = sweep.grid(sweep.PRESETS[name])
     assert sum(not r.budget_minutes for r in runs) == fixed
@@ -69,6 +70,16 @@ def test_overrides_and_passthrough():
     runs = sweep.grid(args.preset)
     assert len(runs) == 4 * 3 * 1 * 2 and {r.seed for r in runs} == {3, 4} and {r.epochs for r in runs} == {7}
     assert args.preset.model == "minilm" and args.extra == ["--eval-every", "20"]
+
+
+def test_hybrid_methods_take_their_canonical_name(capsys):
+    args = sweep.parse_args(["--grid", "smoke", "--out", "x", "--methods", "lora+bitfit,bitfit+lora,ia3"])
+    assert args.preset.methods == ("bitfit+lora", "ia3")  # one configuration, named as train.py names it
+    assert sweep.grid(args.preset)[0].name == "mrpc-bitfit+lora-f0.02-s0"
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--grid", "smoke", "--out", "x", "--methods", "full+lora"])
+    assert "unknown full+lora; allowed: full, bitfit, adapter, lora, head, prompt, prefix, ia3, or several" \
+        in capsys.readouterr().err
 
 
 # --- skip, resume, failure, Ctrl-C with a stand-in for train.py -----------------------------------------

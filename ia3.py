@@ -1,0 +1,134 @@
+"""(IA)^3: learned vectors that rescale inner activations (Liu et al., 2022, "Few-Shot Parameter-Efficient
+Fine-Tuning is Better and Cheaper than In-Context Learning", sec. 3.3).
+
+Three vectors per layer, elementwise (sec. 3.3):
+
+    softmax(Q (l_k * K)^T / sqrt(D)) (l_v * V)        l_k, l_v: (H,)  rescale the keys and values
+    (l_ff * act(W_1 x)) W_2                           l_ff: (I,)      rescales the FFN's activation
+
+All start at ones, so the model is exactly the pretrained one at init (sec. 3.3 initialises every l
+with ones for this reason). Each product sits next to a matrix multiply, so it folds into the weights
+(sec. 3.3): l_k, l_v scale the rows (and biases) of W_k, W_v; l_ff scales the columns of W_2 (the
+FFN's output.dense). `merge()` / `unmerge()` below do that, explicit calls only, as in lora.py.
+
+Implementation: the three Linear layers become IA3Linear, an nn.Linear that keeps the keys
+`weight`, `bias` and adds `ia3_l`. For key and value it scales the output, for output.dense the
+input, i.e. the activation after the nonlinearity, as the paper and HF PEFT (`feedforward_modules`)
+do. Placement is fixed by IA3_TARGETS: the paper's three.
+"""
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IA3_TARGETS = {  # name -> (module path inside bert.encoder.layer.N, which side of the Linear is scaled)
+    "l_k": ("attention.self.key", "out"),
+    "l_v": ("attention.self.value", "out"),
+    "l_ff": ("output.dense", "in"),  # the FFN's W_2: its input is act(W_1 x)
+}
+
+
+class IA3Linear(nn.Linear):
+    """nn.Linear with its output (side="out") or input (side="in") rescaled elementwise by `ia3_l`."""
+
+    def __init__(self, in_features, out_features, side, bias=True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if side not in ("in", "out"):
+            raise ValueError(f"side {side!r}: allowed 'in', 'out'")
+        self.side = side
+        size = out_features if side == "out" else in_features
+        self.ia3_l = nn.Parameter(torch.ones(size, device=device, dtype=dtype))  # ones: the identity at init
+        self.merged = False  # True while weight (and bias) hold the scaled values
+        self._unmerged = None  # (W, b) kept while merged, so unmerge() restores them bit for bit
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, side: str) -> "IA3Linear":
+        w = linear.weight
+        new = cls(linear.in_features, linear.out_features, side, bias=linear.bias is not None,
+                  device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            new.weight.copy_(w)
+            if linear.bias is not None:
+                new.bias.copy_(linear.bias)
+        return new
+
+    def forward(self, x):
+        if self.merged:
+            return F.linear(x, self.weight, self.bias)
+        if self.side == "in":  # (..., in) * (in,): rescale the input features
+            return F.linear(x * self.ia3_l.to(x.dtype), self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)  # (..., out)
+        return y * self.ia3_l.to(y.dtype)  # to(): under autocast y is bf16/fp16, keep it so
+
+    @torch.no_grad()
+    def merge(self):
+        """side "out": W <- diag(l) W, b <- l * b; side "in": W <- W diag(l). Idempotent; only an
+        explicit call merges (never .eval())."""
+        if self.merged:
+            return
+        self._unmerged = (self.weight.detach().clone(), None if self.bias is None else self.bias.detach().clone())
+        if self.side == "out":
+            self.weight.mul_(self.ia3_l[:, None])  # (out, in) * (out, 1)
+            if self.bias is not None:
+                self.bias.mul_(self.ia3_l)
+        else:
+            self.weight.mul_(self.ia3_l[None, :])  # (out, in) * (1, in)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        """Weight and bias exactly as before merge() (stored copies, not a division). Idempotent."""
+        if not self.merged:
+            return
+        w, b = self._unmerged
+        self.weight.copy_(w)
+        if b is not None:
+            self.bias.copy_(b)
+        self._unmerged = None
+        self.merged = False
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, side={self.side}, merged={self.merged}"
+
+
+def target_pattern(path: str) -> re.Pattern:
+    return re.compile(r"^bert\.encoder\.layer\.\d+\." + re.escape(path) + "$")
+
+
+def add_ia3(model: nn.Module) -> list:
+    """Swap key, value and output.dense of every layer for IA3Linear (same weight and bias); returns
+    the module names replaced. Call after the pretrained weights are loaded."""
+    targets = [(target_pattern(path), side) for path, side in IA3_TARGETS.values()]
+    replaced = []
+    for name, module in list(model.named_modules()):
+        side = next((s for p, s in targets if p.match(name)), None)
+        if side is None:
+            continue
+        if type(module) is not nn.Linear:  # IA3Linear (applied twice) or LoRALinear (lora on the same layer)
+            raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: (IA)^3 cannot go there")
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, IA3Linear.from_linear(module, side))
+        replaced.append(name)
+    assert len(replaced) == len(model.bert.encoder.layer) * len(IA3_TARGETS), replaced
+    return replaced
+
+
+def ia3_layers(model: nn.Module) -> list:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, IA3Linear)]
+
+
+def merge_ia3(model: nn.Module) -> int:
+    """merge() every IA3Linear; returns how many there are. Idempotent."""
+    layers = ia3_layers(model)
+    for _, m in layers:
+        m.merge()
+    return len(layers)
+
+
+def unmerge_ia3(model: nn.Module) -> int:
+    """unmerge() every IA3Linear; returns how many there are. Idempotent."""
+    layers = ia3_layers(model)
+    for _, m in layers:
+        m.unmerge()
+    return len(layers)
