@@ -86,7 +86,7 @@ class LoRALinear(nn.Linear):
     def merge(self):
         """weight <- W + (alpha / r) B A. Idempotent. Only an explicit call merges (never .eval()).
         While merged, state_dict()["weight"] is the merged matrix: save trainable tensors, or use
-        adapters.export_merged, rather than a raw state_dict."""
+        saving.export_merged, rather than a raw state_dict."""
         if self.merged:
             return
         self._unmerged_weight = self.weight.detach().clone()

@@ -19,7 +19,6 @@ import math
 import os
 import signal
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -30,9 +29,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import adapters
+import audit
 import data
 import distributed as dist
 import glue
+import saving
 from config import parse_args
 from model import load_pretrained
 from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, write_json
@@ -137,7 +138,7 @@ def main(argv=None):
                                        verbose=dist.is_main())
     method = cfg.method_config()
     trainable = adapters.apply_method(model, method)
-    report = adapters.audit(model, trainable, cfg.method)
+    report = audit.audit(model, trainable, cfg.method)
     if dist.is_main():
         print(report.table())
     if cfg.audit:
@@ -155,8 +156,8 @@ def main(argv=None):
                                        rank=dist.rank(), world_size=dist.world_size()))
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = build_optimizer(trainable, cfg, device)
-    adapters.assert_optimizer_matches(optimizer, trainable)
-    frozen_fingerprint = adapters.fingerprint(model)
+    audit.assert_optimizer_matches(optimizer, trainable)
+    frozen_fingerprint = audit.fingerprint(model)
     train_model = dist.wrap(torch.compile(model) if cfg.compile else model, device)
 
     results = {"task": cfg.task, "method": cfg.method, "frac": cfg.frac, "seed": cfg.seed, "model": cfg.model,
@@ -288,7 +289,7 @@ def main(argv=None):
             if best is None or line["val"][headline] > best["val"][headline]:
                 results["best"] = {"epoch": epoch + 1, "metric": headline, "val": line["val"], "test": line["test"]}
                 if dist.is_main():
-                    adapters.save_trainable(model, trainable, method, out / "best.safetensors",
+                    saving.save_trainable(model, trainable, method, out / "best.safetensors",
                                             {"base_model": cfg.model, "task": cfg.task, "num_labels": task.num_labels,
                                              "pooling": model.config.pooling, "epoch": epoch + 1})
                     results["checkpoint_bytes"] = (out / "best.safetensors").stat().st_size
@@ -310,7 +311,7 @@ def main(argv=None):
         print(f"interrupted: {out / 'results.json'} holds the {len(results['epochs'])} finished epochs", file=sys.stderr)
         raise SystemExit(130)
 
-    verdict = adapters.verify_frozen(model, frozen_fingerprint)
+    verdict = audit.verify_frozen(model, frozen_fingerprint)
     results["freeze_audit"] = "passed" if verdict["verdict"] == "passed" else verdict
     save_results(status)
     dist.cleanup()

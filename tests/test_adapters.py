@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from adapters import (GROUPS, METHODS, TRAINABLE, Adapter, MethodConfig, add_adapters, apply_method,
-                      assert_frozen, assert_optimizer_matches, audit, export_merged, fingerprint, group_of,
-                      load_trainable, save_trainable, verify_frozen)
+from adapters import METHODS, TRAINABLE, Adapter, MethodConfig, add_adapters, apply_method
+from audit import GROUPS, assert_frozen, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
+from saving import export_merged, load_trainable, save_trainable
 from lora import LORA_TARGETS, LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora
 from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained
 from tokenizer import BertTokenizer

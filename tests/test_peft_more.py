@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from adapters import (GROUPS, METHODS, MethodConfig, apply_method, assert_frozen, assert_optimizer_matches, audit,
-                      canonical_method, export_merged, fingerprint, group_of, load_trainable, method_parts,
-                      save_trainable, trainable_params, verify_frozen)
+from adapters import METHODS, MethodConfig, apply_method, canonical_method, method_parts, trainable_params
+from audit import GROUPS, assert_frozen, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
+from saving import export_merged, load_trainable, save_trainable
 from config import default_lr, method_flag, parse_args
 from ia3 import IA3Linear, ia3_layers, merge_ia3, unmerge_ia3
 from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained

@@ -1,0 +1,125 @@
+"""Trainable-only checkpoints: save what a method trained, rebuild the fine-tuned model from the
+pretrained base, and export LoRA / (IA)^3 folded into a plain BERT checkpoint (HF key layout).
+
+A save_trainable file is safetensors holding only the trainable tensors, with metadata naming the
+method and its options, the base model, task, label count, pooling, and a digest of the frozen
+weights, so that load_trainable refuses a base whose frozen weights differ.
+"""
+import hashlib
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from adapters import Adapter, MethodConfig, apply_method, trainable_params
+from audit import fingerprint
+from ia3 import ia3_layers
+from lora import lora_layers
+from model import load_pretrained
+from prompts import PrefixEncoder, SoftPrompt, merge_prefix
+
+FORMAT = "bertfit-trainable/1"  # safetensors metadata "format" of a save_trainable file
+
+
+def fingerprint_digest(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+
+
+def save_trainable(model: nn.Module, trainable: list, cfg: MethodConfig, path, meta: dict):
+    """Write only the trainable tensors (safetensors). The metadata holds what load_trainable needs:
+    method, its options (JSON), base model id, task, num_labels, pooling, `meta` (JSON), and a digest
+    of the frozen tensors, so a different base checkpoint, or frozen weights that moved, fail to load.
+    Prefix tuning saves the MLP while training (what the optimizer and resume need); after
+    merge_prefix(model), pass trainable_params(model) and only the prefixes `kv` are written."""
+    base = meta.get("base_model") or getattr(model, "name_or_path", None)
+    if not base:
+        raise ValueError("save_trainable needs the base model id: meta['base_model'], or a load_pretrained model")
+    if {(n, id(p)) for n, p in trainable} != {(n, id(p)) for n, p in trainable_params(model)}:
+        raise ValueError("the trainable list is not the model's requires_grad parameters "
+                         "(after merge_prefix, pass trainable_params(model))")
+    prefix = model.bert.encoder.prefix
+    header = {"format": FORMAT, "method": cfg.method, "method_config": json.dumps(asdict(cfg)), "base_model": str(base),
+              "task": str(meta.get("task", "")), "num_labels": str(model.config.num_labels),
+              "pooling": model.config.pooling, "frozen_digest": fingerprint_digest(fingerprint(model)),
+              "prefix_merged": str(prefix is not None and prefix.merged), "meta": json.dumps(meta)}
+    save_file({n: p.detach().cpu().contiguous() for n, p in trainable}, str(path), metadata=header)
+
+
+def load_trainable_tensors(model: nn.Module, trainable: list, path):
+    """Copy a save_trainable file into the trainable parameters; every key and shape must match."""
+    tensors, target = load_file(str(path)), dict(trainable)
+    missing, unexpected = sorted(set(target) - set(tensors)), sorted(set(tensors) - set(target))
+    if missing or unexpected:
+        raise ValueError(f"{path}: keys missing from the checkpoint {missing}, unexpected keys {unexpected}")
+    bad = [f"{k}: checkpoint {tuple(t.shape)}, model {tuple(target[k].shape)}"
+           for k, t in tensors.items() if t.shape != target[k].shape]
+    if bad:
+        raise ValueError(f"{path}: shape mismatch: " + "; ".join(bad))
+    with torch.no_grad():
+        for k, t in tensors.items():
+            target[k].copy_(t)
+
+
+def load_trainable(path, device="cpu") -> tuple:
+    """Rebuild (model, tokenizer, meta) from a save_trainable file: load_pretrained(base, num_labels,
+    pooling), apply_method, check the frozen digest, load the trainable tensors."""
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a save_trainable checkpoint (format {header.get('format')!r})")
+    cfg = MethodConfig.from_json(header["method_config"])
+    model, tokenizer = load_pretrained(header["base_model"], num_labels=int(header["num_labels"]),
+                                       pooling=header["pooling"], verbose=False)
+    trainable = apply_method(model, cfg)
+    if fingerprint_digest(fingerprint(model)) != header["frozen_digest"]:
+        raise ValueError(f"{path}: the frozen tensors of {header['base_model']!r} differ from the ones "
+                         "saved with the checkpoint (another base checkpoint, or frozen weights moved)")
+    if header.get("prefix_merged") == "True":  # saved after merge_prefix: the file holds `kv`, not the MLP
+        merge_prefix(model)
+        trainable = trainable_params(model)
+    load_trainable_tensors(model, trainable, path)
+    meta = {**json.loads(header["meta"]), "method": cfg.method, "method_config": asdict(cfg),
+            "base_model": header["base_model"], "task": header["task"],
+            "num_labels": int(header["num_labels"]), "pooling": header["pooling"]}
+    return model.to(device), tokenizer, meta
+
+
+def export_merged(model: nn.Module, path, tokenizer=None) -> Path:
+    """Fold LoRA and (IA)^3 into the base weights and write a plain checkpoint directory that
+    model.load_pretrained(path, num_labels=L) reads: model.safetensors (HF key layout, plain
+    weight/bias keys, no lora_ / ia3_ keys), config.json, 1_Pooling/config.json (declares the pooling),
+    and tokenizer.json when a tokenizer is given. Adapters, soft prompts and prefixes add computation
+    a plain BERT does not have, so they cannot be exported. Layers are left merged or not, as found."""
+    kinds = {Adapter: "adapters", SoftPrompt: "soft prompts", PrefixEncoder: "prefixes"}
+    found = [name for kind, name in kinds.items() if any(isinstance(m, kind) for m in model.modules())]
+    if found:
+        raise ValueError(f"{' and '.join(found)} cannot be merged into the base weights; use save_trainable")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = [m for _, m in lora_layers(model) + ia3_layers(model)]  # never the same Linear (MethodConfig.validate)
+    was_merged = {id(m) for m in layers if m.merged}
+    for m in layers:
+        m.merge()
+    try:  # clone: on CPU .cpu() aliases the parameter, which unmerge() below overwrites
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                 if not re.search(r"\.(lora_[AB]|ia3_l)$", k)}
+    finally:
+        for m in layers:
+            if id(m) not in was_merged:
+                m.unmerge()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    c = model.config
+    (out / "config.json").write_text(json.dumps(
+        {**asdict(c), "model_type": "bert", "architectures": ["BertForSequenceClassification"]}, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": c.hidden_size, "pooling_mode_cls_token": c.pooling == "cls",
+         "pooling_mode_mean_tokens": c.pooling == "mean"}, indent=2))
+    if tokenizer is not None:
+        tokenizer.tok.save(str(out / "tokenizer.json"))
+    return out
