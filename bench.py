@@ -155,7 +155,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=30, help="measured training steps per method")
+    p.add_argument("--steps", type=int, default=30, help="measured training steps per method (more than an epoch has: the whole epoch)")
     p.add_argument("--warmup", type=int, default=3, help="steps run first and left out")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--device", default="auto")
