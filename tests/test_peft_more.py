@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from adapters import METHODS, MethodConfig, apply_method, canonical_method, method_parts, trainable_params
-from audit import GROUPS, assert_frozen, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
+from audit import GROUPS, audit, fingerprint, group_of, verify_frozen
 from saving import export_merged, load_trainable, save_trainable
+from test_adapters import step_and_check  # the same proof as for the five core methods
 from config import default_lr, method_flag, parse_args
 from ia3 import IA3Linear, ia3_layers, merge_ia3, unmerge_ia3
 from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained
@@ -118,24 +119,6 @@ def test_bert_base_counts_by_hand(pooling, method):
 
 
 # ------------------------------------------------------- one huge step: frozen stays, trainable moves
-def step_and_check(model, trainable, ids, mask, labels):
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    before = {n: p.detach().clone() for n, p in trainable}
-    fp = fingerprint(model)
-    opt = torch.optim.AdamW([p for _, p in trainable], lr=1.0, weight_decay=0.0)
-    assert_optimizer_matches(opt, trainable)
-    model.train()
-    for _ in range(2):  # LoRA's A gets a gradient only once B != 0, i.e. on the second step
-        opt.zero_grad()
-        F.cross_entropy(model(ids, mask), labels).backward()
-        opt.step()
-    for n, p in model.named_parameters():
-        if n in frozen:
-            assert p.grad is None and torch.equal(p, frozen[n]), f"frozen {n} moved"
-    assert [n for n, p in trainable if torch.equal(p, before[n])] == []
-    assert assert_frozen(model, fp) == {"verdict": "passed", "checked": len(frozen)}
-
-
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("method", NEW + HYBRIDS)
 def test_step_tiny(tiny_config, pooling, method):
