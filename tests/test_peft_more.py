@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from adapters import METHODS, MethodConfig, apply_method, canonical_method, method_parts, trainable_params
 from audit import GROUPS, audit, fingerprint, group_of, verify_frozen
 from saving import export_merged, load_trainable, save_trainable
-from test_adapters import step_and_check  # the same proof as for the five core methods
+from test_adapters import minilm, step_and_check  # noqa: F401 (a fixture); the same proof as for the core methods
 from config import default_lr, method_flag, parse_args
 from ia3 import IA3Linear, ia3_layers, merge_ia3, unmerge_ia3
 from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained
@@ -30,10 +30,6 @@ HYBRIDS = ("bitfit+lora", "adapter+bitfit", "bitfit+ia3", "prefix+prompt", "ia3+
 SMALL = dict(prompt_length=5, prefix_length=4, prefix_hidden=32, lora_targets=("query",))  # fits ia3+lora
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_dir):
-    """{pooling: (model, tokenizer)}, loaded once; tests deep-copy the model."""
-    return {p: load_pretrained("minilm", num_labels=2, pooling=p, verbose=False) for p in POOLINGS}
 
 
 def tiny(config, pooling):
@@ -118,7 +114,7 @@ def test_bert_base_counts_by_hand(pooling, method):
         assert hand_count(BERT_BASE, "prefix", "mean") - 1538 == 9_864_704
 
 
-# ------------------------------------------------------- one huge step: frozen stays, trainable moves
+# ------------------------------------------------------- one large step: frozen stays, trainable moves
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("method", NEW + HYBRIDS)
 def test_step_tiny(tiny_config, pooling, method):
@@ -262,7 +258,7 @@ def test_prefix_padding_merge_and_checkpoints(minilm, tmp_path, pooling):
     cfg = MethodConfig("prefix", prefix_length=4, prefix_hidden=32)
     trainable = apply_method(model, cfg)
     ids, mask, labels = batch(30522)
-    ref = logits(model, ids, mask)  # at init, before a huge step makes the prefixes swamp the real keys
+    ref = logits(model, ids, mask)  # at init, before a large step makes the prefixes swamp the real keys
     assert (ref - logits(base, ids, mask)).abs().max() > 1e-3  # the prefixes are in the forward path
     padded = (F.pad(ids, (0, 5)), F.pad(mask, (0, 5)))  # 5 more padding positions: nothing changes
     torch.testing.assert_close(logits(model, *padded), ref, atol=1e-5, rtol=1e-5)
@@ -339,7 +335,7 @@ def test_prompt_padding_step_and_checkpoint(minilm, tmp_path, pooling):
     cfg = MethodConfig("prompt", prompt_length=5)
     trainable = apply_method(model, cfg)
     ids, mask, labels = batch(30522)
-    for trained in (False, True):  # at init, and after a huge step
+    for trained in (False, True):  # at init, and after a large step
         if trained:
             step_and_check(model, trainable, ids, mask, labels)
         ref = logits(model, ids, mask)
