@@ -30,8 +30,6 @@ HYBRIDS = ("bitfit+lora", "adapter+bitfit", "bitfit+ia3", "prefix+prompt", "ia3+
 SMALL = dict(prompt_length=5, prefix_length=4, prefix_hidden=32, lora_targets=("query",))  # fits ia3+lora
 
 
-
-
 def tiny(config, pooling):
     return BertForSequenceClassification(dataclasses.replace(config, pooling=pooling))
 
