@@ -6,6 +6,14 @@
   python sweep.py --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
   python sweep.py --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
 
+Two stages, both run by one command (`--stage all`, the default):
+  tune  for each task x method, the rates of TUNE_LRS on all the training data with the first seed,
+        in `tune/{task}-{method}-f1-s{seed}-lr{lr}`; the rate with the best validation score (our
+        10% split of GLUE train, never GLUE dev: that is the test set) goes to `tuned.json`.
+  main  the grid below, every run at its task x method's rate from tuned.json. Its first-seed run on
+        all the data is the tuning run at the chosen rate (the same configuration), copied, not re-run.
+A preset with tune=False (smoke) skips the first stage and uses train.py's default rates.
+
 The grid is methods x tasks x fractions x seeds fixed-epoch runs, in directories
 `{task}-{method}-f{frac}-s{seed}`, plus one time-budget run per method x task on all the training
 data with the first seed, `{task}-{method}-budget{minutes}-s{seed}`, whose epoch cap is set high so
@@ -20,7 +28,9 @@ job does: stop it with `kill PID`.) Exit code: 0 all ran or were done, 1 some fa
 """
 import argparse
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +43,19 @@ TRAIN = Path(__file__).resolve().parent / "train.py"
 DONE = ("complete", "time_budget")  # results.json statuses of a finished run
 RESUMABLE = ("running", "interrupted")  # a run that stopped early; train.py --resume continues it
 PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that change the results
+TUNED = "tuned.json"  # the tuning stage's choice, in the study folder
+
+# The tuning stage's rates: three log-spaced rates (1-2-5 or half-decade steps) spanning each
+# method's published range for BERT-base. Full fine-tuning: BERT (Devlin et al. 2019, sec. A.3:
+# 2e-5..5e-5) up to the 1e-4 that small models such as MiniLM are fine-tuned with. BitFit: Ben Zaken
+# et al. (2022, sec. 3.1: 1e-4..1e-3) and one half-decade above, where BitFit on small models still
+# gains. Adapters: Houlsby et al. (2019, sec. 3.1: 3e-5..3e-3), the inner three half-decades. LoRA:
+# Hu et al. (2021, tab. 9: 4e-4..5e-4 on RoBERTa-base) a half-decade either side. The other families
+# around their starting points (config.DEFAULT_LR). A hybrid tunes over its lowest part's rates, as
+# config.default_lr takes the lowest part's rate.
+TUNE_LRS = {"full": (2e-5, 5e-5, 1e-4), "bitfit": (3e-4, 1e-3, 3e-3), "adapter": (1e-4, 3e-4, 1e-3),
+            "lora": (2e-4, 6e-4, 2e-3), "head": (3e-4, 1e-3, 3e-3), "prompt": (1e-3, 3e-3, 1e-2),
+            "prefix": (1e-4, 3e-4, 1e-3), "ia3": (1e-3, 3e-3, 1e-2)}
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,7 @@ class Preset:
     budget_epochs: int  # epoch cap of a time-budget run, high enough that the budget binds first
     model: str = None  # --model; None = train.py's default (google-bert/bert-base-uncased)
     max_length: int = None  # --max-length; None = train.py's default (128)
+    tune: bool = True  # the main grid's rates come from the tuning stage (False: train.py's defaults)
 
 
 PRESETS = {
@@ -55,10 +79,12 @@ PRESETS = {
     "paper": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
                     fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2, 3, 4), epochs=20,
                     budget_minutes=10, budget_epochs=1000),
-    # The CPU study on MiniLM (6 layers, hidden 384): the two ends of the fraction range, 2 seeds.
-    # The epoch count is a placeholder: choose it with --epochs after measuring the speed.
+    # The CPU study on MiniLM (6 layers, hidden 384): the paper's grid with 3 seeds. 6 epochs: in the
+    # 10-minute runs of the first CPU study (full fine-tuning at 2e-5, schedule over the budget) the
+    # validation score of full fine-tuning levelled off by epoch 3-4 on MRPC, 5-6 on STS-B, and
+    # gained under 1 point per 2 epochs on CoLA after epoch 5; README "Protocol" has the numbers.
     "cpu": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
-                  fracs=(0.3, 1.0), seeds=(0, 1), epochs=3, budget_minutes=10, budget_epochs=100,
+                  fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2), epochs=6, budget_minutes=10, budget_epochs=100,
                   model="minilm"),
     # The survey's other families on the CPU study's protocol: soft prompts, prefixes, (IA)^3, and two
     # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare.
@@ -68,7 +94,7 @@ PRESETS = {
     # Seconds, not minutes: checks that the sweep, train.py and report.py fit together.
     # 66 and 132 training examples of 16 tokens; evaluating 774 examples per run is most of the work.
     "smoke": Preset(methods=("bitfit", "lora"), tasks=("mrpc",), fracs=(0.02, 0.04), seeds=(0,), epochs=1,
-                    budget_minutes=0.01, budget_epochs=100, model="minilm", max_length=16),
+                    budget_minutes=0.01, budget_epochs=100, model="minilm", max_length=16, tune=False),
 }
 
 
@@ -81,27 +107,108 @@ class Run:
     seed: int
     epochs: int
     budget_minutes: float = 0.0  # > 0: a time-budget run
+    lr: float = None  # --lr; None = train.py's default for the method
+    tuning: bool = False  # a run of the tuning stage: its directory is under tune/ and names its rate
 
     @property
     def name(self) -> str:
         kind = f"budget{self.budget_minutes:g}" if self.budget_minutes else f"f{self.frac:g}"
-        return f"{self.task}-{self.method}-{kind}-s{self.seed}"
+        return f"{self.task}-{self.method}-{kind}-s{self.seed}" + (f"-lr{self.lr:g}" if self.tuning else "")
+
+    def directory(self, out: Path) -> Path:
+        return out / "tune" / self.name if self.tuning else out / self.name
 
     def train_args(self) -> list:
         args = ["--task", self.task, "--method", self.method, "--frac", f"{self.frac:g}",
                 "--seed", str(self.seed), "--epochs", str(self.epochs)]
+        args += ["--lr", f"{self.lr:g}"] if self.lr is not None else []
         return args + (["--time-budget", f"{self.budget_minutes:g}"] if self.budget_minutes else [])
 
 
-def grid(p: Preset) -> list:
-    """Every configuration of a preset, in a fixed order: seed-major, so that a sweep stopped
-    halfway has every cell with its first seeds; the time-budget runs last."""
-    runs = [Run(task, method, frac, seed, p.epochs)
+def grid(p: Preset, rates: dict = None) -> list:
+    """Every configuration of a preset's main grid, in a fixed order: seed-major, so that a sweep
+    stopped halfway has every cell with its first seeds; the time-budget runs last. `rates`
+    (task -> method -> lr, from tuned.json) sets each run's --lr; None leaves train.py's default."""
+    lr = lambda task, method: rates[task][method] if rates else None  # noqa: E731
+    runs = [Run(task, method, frac, seed, p.epochs, lr=lr(task, method))
             for seed in p.seeds for task in p.tasks for method in p.methods for frac in p.fracs]
     if p.budget_minutes:
-        runs += [Run(task, method, 1.0, p.seeds[0], p.budget_epochs, p.budget_minutes)
+        runs += [Run(task, method, 1.0, p.seeds[0], p.budget_epochs, p.budget_minutes, lr=lr(task, method))
                  for task in p.tasks for method in p.methods]
     return runs
+
+
+def tune_lrs(method: str) -> tuple:
+    """TUNE_LRS of a method; a hybrid ("bitfit+lora") takes its lowest part's rates."""
+    return min((TUNE_LRS[part] for part in method.split("+")), key=min)
+
+
+def tuning_grid(p: Preset) -> list:
+    """The tuning stage: each task x method x rate once, on all the training data, first seed,
+    the main grid's epochs; task-major so that one task's choices are complete first."""
+    return [Run(task, method, 1.0, p.seeds[0], p.epochs, lr=lr, tuning=True)
+            for task in p.tasks for method in p.methods for lr in tune_lrs(method)]
+
+
+def choose_rates(runs: list, out: Path) -> dict:
+    """tuned.json's content from the tuning runs: per task x method, each rate's best validation
+    score and the chosen rate (the highest score; a tie goes to the lower rate). A task x method
+    with an unfinished rate has no choice yet."""
+    chosen, tried, missing = {}, {}, []
+    for run in runs:
+        results = read_results(run.directory(out))
+        cell = tried.setdefault(run.task, {}).setdefault(run.method, {})
+        if not results or results.get("status") not in DONE:
+            missing.append(run.name)
+            cell[f"{run.lr:g}"] = None
+            continue
+        metric = results["best"]["metric"]
+        cell[f"{run.lr:g}"] = {"val": results["best"]["val"][metric], "metric": metric,
+                               "best_epoch": results["best"]["epoch"], "test": results["best"]["test"][metric]}
+    for task, methods in tried.items():
+        for method, by_lr in methods.items():
+            if all(by_lr.values()):
+                best = max(by_lr, key=lambda lr: (by_lr[lr]["val"], -float(lr)))
+                chosen.setdefault(task, {})[method] = float(best)
+    p_run = runs[0] if runs else None
+    return {"chosen": chosen, "tried": tried, "missing": missing,
+            "protocol": {"frac": 1.0, "seed": p_run.seed, "epochs": p_run.epochs} if p_run else {},
+            "selected_on": "validation (10% of GLUE train); test scores are listed, never used to choose"}
+
+
+def read_tuned(out: Path, p: Preset):
+    """-> (rates task -> method -> lr, None) or (None, a message saying what is missing)."""
+    path = out / TUNED
+    if not path.is_file():
+        return None, f"{path} does not exist: run the tuning stage first (--stage tune, or --stage all)"
+    try:
+        chosen = json.loads(path.read_text())["chosen"]
+    except (json.JSONDecodeError, KeyError, OSError) as e:
+        return None, f"{path} is not a tuned.json written by the tuning stage ({e})"
+    absent = [f"{t}/{m}" for t in p.tasks for m in p.methods if m not in chosen.get(t, {})]
+    if absent:
+        return None, f"{path} has no tuned rate for {', '.join(absent)}: finish the tuning stage first"
+    bad = [f"{t}/{m}" for t in p.tasks for m in p.methods
+           if not (isinstance(chosen[t][m], (int, float)) and math.isfinite(chosen[t][m]) and chosen[t][m] > 0)]
+    if bad:
+        return None, f"{path}: the rate of {', '.join(bad)} is not a positive number"
+    return chosen, None
+
+
+def reuse_tuning_run(run: Run, rates: dict, p: Preset, out: Path) -> bool:
+    """The main grid's first-seed run on all the data is the tuning run at the chosen rate: copy its
+    finished directory instead of training it again. Returns whether it copied."""
+    if run.budget_minutes or run.frac != 1.0 or run.seed != p.seeds[0] or not p.tune:
+        return False
+    source = Run(run.task, run.method, 1.0, run.seed, run.epochs, lr=rates[run.task][run.method],
+                 tuning=True).directory(out)
+    results = read_results(source)
+    if not results or results.get("status") not in DONE or run.directory(out).exists():
+        return False
+    shutil.copytree(source, run.directory(out), ignore=shutil.ignore_patterns("resume.pt*"))
+    results["copied_from"] = source.relative_to(out).as_posix()
+    (run.directory(out) / "results.json").write_text(json.dumps(results, indent=1))
+    return True
 
 
 def shard(runs: list, i: int, n: int) -> list:
@@ -126,7 +233,7 @@ def read_results(run_dir: Path):
 def differences(results: dict, run: Run, common: dict) -> list:
     """Protocol fields where a finished run's config is not what this sweep asks for."""
     cfg = results.get("config", {})
-    asked = {"epochs": run.epochs, "time_budget": run.budget_minutes,
+    asked = {"epochs": run.epochs, "time_budget": run.budget_minutes, **({"lr": run.lr} if run.lr is not None else {}),
              **{k: common[k] for k in PROTOCOL if common.get(k) is not None}}
     return [f"{k} {cfg[k]} (asked {v})" for k, v in asked.items()
             if k in cfg and cfg[k] != v and str(cfg[k]) != str(v)]
@@ -179,6 +286,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 epilog="Flags after -- are passed to every train.py unchanged.")
     p.add_argument("--grid", required=True, choices=sorted(PRESETS), help="preset grid")
+    p.add_argument("--stage", choices=("all", "tune", "main"), default="all",
+                   help="tune: the learning-rate stage only; main: the grid only (needs tuned.json); "
+                        "all (default): tune (if the preset tunes), then main")
     p.add_argument("--out", required=True, help="results directory; one subdirectory per configuration")
     p.add_argument("--tasks", help="comma list; overrides the preset's tasks")
     p.add_argument("--methods", help="comma list; overrides the preset's methods")
@@ -238,71 +348,109 @@ def parse_args(argv=None):
     return args
 
 
+def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None) -> int:
+    """Run this shard's part of one stage's configurations, skipping finished ones and resuming
+    interrupted ones; -> exit code (0 all ran or were done, 1 some failed). KeyboardInterrupt passes."""
+    p, out = args.preset, Path(args.out)
+    common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
+    runs = shard(all_runs, args.shard_i, args.shard_n)
+    where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
+    print(f"sweep --grid {args.grid}, {stage} stage -> {out} ({where} configurations)", flush=True)
+    counts = {"ran": 0, "copied": 0, "skipped": 0, "failed": 0, "to resume": 0, "to run": 0}
+    failed, stale = [], []
+    start = time.perf_counter()
+    for k, run in enumerate(runs, 1):
+        run_dir = run.directory(out)
+        tag = f"[{k}/{len(runs)}] {run.name}"
+        if rates and not args.dry_run and reuse_tuning_run(run, rates, p, out):
+            counts["copied"] += 1
+            print(f"{tag}: copied from tune/ (the tuning run at the chosen rate {run.lr:g})", flush=True)
+            continue
+        results = read_results(run_dir)
+        status = results["status"] if results else "new"
+        if status in DONE:
+            diff = differences(results, run, common)
+            if diff:
+                stale.append(run.name)
+            print(f"{tag}: done ({status}){'; differs: ' + ', '.join(diff) if diff else ''}", flush=True)
+            counts["skipped"] += 1
+            continue
+        resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
+        if args.dry_run:
+            epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
+            todo = "to resume" if resume else "to run"
+            counts[todo] += 1
+            print(f"{tag}: {todo} ({status}{epochs})", flush=True)
+            continue
+        cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
+               *args.extra, *(["--resume"] if resume else [])]
+        print(f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}", flush=True)
+        t0 = time.perf_counter()
+        code = run_one(run, run_dir, cmd, args.quiet)
+        results = read_results(run_dir)
+        status = results["status"] if results else "no results.json"
+        if code == 0 and status in DONE:
+            counts["ran"] += 1
+            print(f"{tag}: {status} in {time.perf_counter() - t0:.0f}s", flush=True)
+        else:
+            counts["failed"] += 1
+            failed.append(run.name)
+            print(f"{tag}: FAILED (exit code {code}, status {status}); see {run_dir / 'train.log'}", flush=True)
+    if stale:
+        print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
+              f"delete their directories to run them again", flush=True)
+    if args.dry_run:
+        print(f"dry run, {stage} stage ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
+              f"{counts['to run']} to run", flush=True)
+        return 0
+    print(f"{stage} stage done in {time.perf_counter() - start:.0f}s ({where}): {counts['ran']} ran, "
+          f"{counts['copied']} copied, {counts['skipped']} skipped, {counts['failed']} failed"
+          f"{' (' + ', '.join(failed) + ')' if failed else ''}", flush=True)
+    return 1 if failed else 0
+
+
+def write_tuned(out: Path, tuned: dict):
+    """tuned.json, atomically: a reader never sees half a file."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (TUNED + ".tmp")
+    tmp.write_text(json.dumps(tuned, indent=1) + "\n")
+    os.replace(tmp, out / TUNED)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     p, out = args.preset, Path(args.out)
     common = {"model": p.model, "data_dir": args.data_dir, "batch_size": args.batch_size,
               "max_length": p.max_length, "amp": args.amp, "device": args.device, "pooling": args.pooling}
-    common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
-    all_runs = grid(p)
-    runs = shard(all_runs, args.shard_i, args.shard_n)
-    where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
-    print(f"sweep --grid {args.grid} -> {out} ({where} configurations)", flush=True)
-
-    counts = {"ran": 0, "skipped": 0, "failed": 0, "to resume": 0, "to run": 0}
-    failed, stale = [], []
-    start = time.perf_counter()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the sweep (and its train.py) like Ctrl-C
         signal.signal(sig, signal.default_int_handler)
+    code = 0
     try:
-        for k, run in enumerate(runs, 1):
-            run_dir = out / run.name
-            results = read_results(run_dir)
-            status = results["status"] if results else "new"
-            tag = f"[{k}/{len(runs)}] {run.name}"
-            if status in DONE:
-                diff = differences(results, run, common)
-                if diff:
-                    stale.append(run.name)
-                print(f"{tag}: done ({status}){'; differs: ' + ', '.join(diff) if diff else ''}", flush=True)
-                counts["skipped"] += 1
-                continue
-            resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
-            if args.dry_run:
-                epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
-                todo = "to resume" if resume else "to run"
-                counts[todo] += 1
-                print(f"{tag}: {todo} ({status}{epochs})", flush=True)
-                continue
-            cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
-                   *args.extra, *(["--resume"] if resume else [])]
-            print(f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}", flush=True)
-            t0 = time.perf_counter()
-            code = run_one(run, run_dir, cmd, args.quiet)
-            results = read_results(run_dir)
-            status = results["status"] if results else "no results.json"
-            if code == 0 and status in DONE:
-                counts["ran"] += 1
-                print(f"{tag}: {status} in {time.perf_counter() - t0:.0f}s", flush=True)
-            else:
-                counts["failed"] += 1
-                failed.append(run.name)
-                print(f"{tag}: FAILED (exit code {code}, status {status}); see {run_dir / 'train.log'}", flush=True)
+        if args.stage == "tune" or (args.stage == "all" and p.tune):
+            tuning = tuning_grid(p)
+            code = run_stage("tune", tuning, args, common)
+            tuned = choose_rates(tuning, out)
+            if not args.dry_run:
+                write_tuned(out, tuned)
+            for task, methods in tuned["chosen"].items():
+                print(f"tuned rates, {task}: " + ", ".join(f"{m} {lr:g}" for m, lr in methods.items()), flush=True)
+            if args.stage == "tune":
+                return code
+            if tuned["missing"] and not args.dry_run:
+                print(f"the main stage waits for the tuning stage: {len(tuned['missing'])} tuning runs unfinished "
+                      f"({', '.join(tuned['missing'][:4])}{', ...' if len(tuned['missing']) > 4 else ''})", flush=True)
+                return code or 1
+        rates = None
+        if p.tune:
+            rates, problem = read_tuned(out, p)
+            if problem and not args.dry_run:
+                print(f"error: {problem}", file=sys.stderr, flush=True)
+                return 2
+        return max(code, run_stage("main", grid(p, rates), args, common, rates))
     except KeyboardInterrupt:
-        print(f"sweep interrupted: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed "
-              f"before the stop; the interrupted run resumes on the next invocation", flush=True)
+        print("sweep interrupted: finished runs are kept; the interrupted run resumes on the next invocation",
+              flush=True)
         return 130
-    if stale:
-        print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
-              f"delete their directories to run them again", flush=True)
-    if args.dry_run:
-        print(f"dry run ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
-              f"{counts['to run']} to run", flush=True)
-        return 0
-    print(f"sweep done in {time.perf_counter() - start:.0f}s ({where}): {counts['ran']} ran, "
-          f"{counts['skipped']} skipped, {counts['failed']} failed"
-          f"{' (' + ', '.join(failed) + ')' if failed else ''}", flush=True)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,22 @@ class Task:
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
+    @property
+    def baseline_name(self) -> str:
+        """What constant_prediction is called on the console and in results.json."""
+        return "constant" if self.is_regression else "majority"
+
+    def constant_prediction(self, train_labels) -> float:
+        """The prediction of a model that learned nothing from the text: the most frequent class of
+        the training labels (ties: the lower class id), or their mean score for a regression task.
+        Scored like a model (compute_metrics), it is the floor a run has to beat: MRPC's majority
+        class scores F1 0.81 on GLUE dev; a constant score has Pearson and Spearman 0 (metrics.py
+        defines a correlation with a constant as 0)."""
+        train_labels = np.asarray(train_labels)
+        if self.is_regression:
+            return float(train_labels.mean())
+        return int(np.bincount(train_labels.astype(np.int64), minlength=self.num_labels).argmax())
+
     def compute_metrics(self, preds, labels) -> dict:
         """Every metric of the task, by name. preds: class ids (N,) or logits (N, num_labels) for
         classification, scores (N,) or (N, 1) for regression; labels: (N,)."""

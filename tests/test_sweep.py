@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- the grid --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, fixed, budget", [("paper", 4 * 3 * 4 * 5, 4 * 3), ("cpu", 4 * 3 * 2 * 2, 4 * 3),
+@pytest.mark.parametrize("name, fixed, budget", [("paper", 4 * 3 * 4 * 5, 4 * 3), ("cpu", 4 * 3 * 4 * 3, 4 * 3),
                                                  ("smoke", 2 * 1 * 2 * 1, 2 * 1),
                                                  ("families", 5 * 3 * 2 * 2, 5 * 3)])
 def test_preset_sizes(name, fixed, budget):
@@ -134,14 +134,14 @@ def test_skip_resume_and_failures(tmp_path, fake_train, capsys):
     (out / "mrpc-bitfit-f0.1-s0" / "results.json").write_text('{"status": "interrupted"}')
     assert sweep.main(flags) == 1  # cola crashes
     text = capsys.readouterr().out
-    assert "1 ran, 0 skipped, 1 failed (cola-bitfit-f0.1-s0)" in text
+    assert "1 ran, 0 copied, 0 skipped, 1 failed (cola-bitfit-f0.1-s0)" in text
     first = calls(out)
     assert len(first) == 2 and first[0].endswith("--lr 1e-3 --resume")  # interrupted -> resumed
     assert "--model minilm" in first[0] and "--max-length 16" in first[0]
     assert "fake train mrpc-bitfit-f0.1-s0" in (out / "mrpc-bitfit-f0.1-s0" / "train.log").read_text()
 
     assert sweep.main(flags) == 1  # the done run is skipped, the failed one tried again
-    assert "0 ran, 1 skipped, 1 failed" in capsys.readouterr().out
+    assert "0 ran, 0 copied, 1 skipped, 1 failed" in capsys.readouterr().out
     assert calls(out)[2:] == [first[1]]
 
     assert sweep.main(base + ["--dry-run"]) == 0
@@ -167,6 +167,52 @@ def test_ctrl_c_stops_the_run_and_it_resumes(tmp_path, fake_train, capsys):
     os.rename(out, tmp_path / "woke")  # the stand-in sleeps only in a directory named sleep
     assert sweep.main(flags[:3] + [str(tmp_path / "woke")] + flags[4:]) == 0
     assert calls(tmp_path / "woke")[-1].endswith("--resume")
+
+
+TUNE_TRAIN = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    a = sys.argv[1:]
+    out = Path(a[a.index("--out") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(Path(sys.argv[0]).parent / "calls.txt", "a") as f:
+        f.write(" ".join(a) + "\\n")
+    lr = float(a[a.index("--lr") + 1]) if "--lr" in a else None
+    val = {3e-4: 0.80, 1e-3: 0.85, 3e-3: 0.85, 2e-4: 0.70, 6e-4: 0.90, 2e-3: 0.60}.get(lr, 0.5)
+    score = {"f1": val}
+    (out / "results.json").write_text(json.dumps({"status": "complete", "config": {"epochs": 1, "lr": lr},
+        "best": {"epoch": 1, "metric": "f1", "val": score, "test": {"f1": 0.1}}}))
+""")
+
+
+def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "tune_train.py"
+    script.write_text(TUNE_TRAIN)
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    out = tmp_path / "study"
+    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--fracs", "0.5,1",
+             "--seeds", "0,1", "--budget-minutes", "0", "--epochs", "1", "--quiet"]
+    assert sweep.main(flags + ["--stage", "main"]) == 2  # no tuned.json yet: an error, nothing runs
+    assert "run the tuning stage first" in capsys.readouterr().err and not (tmp_path / "calls.txt").exists()
+
+    assert sweep.main(flags) == 0  # tune, then main
+    tuned = json.loads((out / "tuned.json").read_text())
+    # bitfit: 1e-3 and 3e-3 tie on validation, the lower rate wins; lora: 6e-4 is best
+    assert tuned["chosen"] == {"mrpc": {"bitfit": 1e-3, "lora": 6e-4}} and not tuned["missing"]
+    assert tuned["tried"]["mrpc"]["lora"]["0.002"]["val"] == 0.60
+    lines = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(lines) == 6 + 2 * 2 * 2 - 2  # 6 tuning runs; the main grid's seed-0 frac-1 cells are copies
+    assert all(" --lr 0.001 " in x for x in lines[6:] if "bitfit" in x)
+    assert all(" --lr 0.0006 " in x for x in lines[6:] if "lora" in x)
+    copied = json.loads((out / "mrpc-lora-f1-s0" / "results.json").read_text())
+    assert copied["copied_from"] == "tune/mrpc-lora-f1-s0-lr0.0006" and copied["config"]["lr"] == 6e-4
+    assert sorted(p.name for p in (out / "tune").iterdir())[0] == "mrpc-bitfit-f1-s0-lr0.0003"
+
+    assert sweep.main(flags) == 0  # again: everything is done, nothing runs
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == len(lines)
+    (out / "tuned.json").write_text(json.dumps({"chosen": {"mrpc": {"bitfit": -1, "lora": 6e-4}}}))
+    assert sweep.main(flags + ["--stage", "main"]) == 2
+    assert "rate of mrpc/bitfit is not a positive number" in capsys.readouterr().err
 
 
 # --- report on synthetic results ----------------------------------------------------------------------
