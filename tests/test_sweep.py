@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import report
-import sweep
+from study import report
+from study import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -308,7 +308,7 @@ def test_report_without_finished_runs_is_an_error(tmp_path):
 
 def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
     out = tmp_path / "smoke"
-    cmd = [sys.executable, str(ROOT / "sweep.py"), "--grid", "smoke", "--model", "minilm", "--out", str(out),
+    cmd = [sys.executable, "-m", "study.sweep", "--grid", "smoke", "--model", "minilm", "--out", str(out),
            "--data-dir", str(glue_dir), "--quiet"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -325,7 +325,7 @@ def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
     assert second.returncode == 0 and "0 ran, 6 skipped, 0 failed" in second.stdout, second.stdout
     assert [p.stat().st_mtime_ns for p in results] == mtimes  # nothing ran again
 
-    report_run = subprocess.run([sys.executable, str(ROOT / "report.py"), str(out)], cwd=ROOT, capture_output=True,
+    report_run = subprocess.run([sys.executable, "-m", "study.report", str(out)], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
     assert report_run.returncode == 0, report_run.stderr
     text = (out / "RESULTS.md").read_text()

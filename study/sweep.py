@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-TRAIN = Path(__file__).resolve().parent / "train.py"
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 DONE = ("complete", "time_budget")  # results.json statuses of a finished run
 RESUMABLE = ("running", "interrupted")  # a run that stopped early; train.py --resume continues it
 PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that change the results
