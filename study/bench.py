@@ -1,7 +1,7 @@
 """Measure each method's training and evaluation speed on real GLUE batches, in one run.
 
-  python bench.py --model minilm --methods full bitfit adapter lora head --compare-hf
-  python bench.py --model minilm --methods prompt prefix ia3 bitfit+lora --steps 10
+  python -m study.bench --model minilm --methods full bitfit adapter lora head --compare-hf
+  python -m study.bench --model minilm --methods prompt prefix ia3 bitfit+lora --steps 10
 
 Per method: median training-step time (device-synchronized, warm-up steps left out), real
 (non-pad) tokens/s over the measured steps, evaluation tokens/s (inference mode, larger

@@ -1,4 +1,4 @@
-"""Tables and plots from a directory of runs: `python report.py results/cpu-minilm`.
+"""Tables and plots from a directory of runs: `python -m study.report results/cpu-minilm`.
 
 Reads every results.json below the directory (one per run, as train.py writes them), keeps the
 finished ones (status "complete" or "time_budget"), and writes RESULTS.md and PNG plots next to
@@ -386,5 +386,5 @@ def report(root) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python report.py RESULTS_DIR")
+        raise SystemExit("usage: python -m study.report RESULTS_DIR")
     report(sys.argv[1])

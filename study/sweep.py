@@ -1,10 +1,10 @@
 """Run a grid of fine-tuning configurations: one `python train.py` subprocess and one directory each.
 
-  python sweep.py --grid cpu --out results/cpu-minilm --epochs 3
-  python sweep.py --grid paper --out results/paper --shard 0/4 --device cuda:0   (4 GPUs, 4 shells)
-  python sweep.py --grid smoke --model minilm --out /tmp/smoke
-  python sweep.py --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
-  python sweep.py --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
+  python -m study.sweep --grid cpu --out results/cpu-minilm --epochs 3
+  python -m study.sweep --grid paper --out results/paper --shard 0/4 --device cuda:0   (4 GPUs, 4 shells)
+  python -m study.sweep --grid smoke --model minilm --out /tmp/smoke
+  python -m study.sweep --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
+  python -m study.sweep --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
 
 Two stages, both run by one command (`--stage all`, the default):
   tune  for each task x method, the rates of TUNE_LRS on all the training data with the first seed,
