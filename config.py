@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 import adapters
 import glue
-from model import DEFAULT_MODEL
+from checkpoint import DEFAULT_MODEL
 
 # Learning rates by method. Full fine-tuning: BERT paper's range (2e-5..5e-5, sec. A.3).
 # BitFit: 1e-3 (Ben Zaken et al. 2022, sec. 3.1 searched 1e-4..1e-3). Adapters: 5e-4 (Houlsby et
@@ -49,7 +49,7 @@ class TrainConfig:
     seed: int = 0  # data fraction, shuffling, init of new weights, dropout
     model: str = DEFAULT_MODEL  # local dir, "minilm", or hub id
     pooling: str = ""  # "cls" or "mean"; "" = what the checkpoint declares
-    data_dir: str = ""  # GLUE directory; "" = $GLUE_DIR, else data.resolve_data_dir's default
+    data_dir: str = ""  # GLUE directory; "" = $GLUE_DIR, else glue.download.resolve_data_dir's default
     out: str = ""  # run directory; "" = runs/{task}-{method}-f{frac}-s{seed}
     lr: float = 0.0  # 0 = default_lr(method)
     batch_size: int = 32

@@ -27,21 +27,15 @@ import numpy as np
 import torch
 
 from glue import Task, get_task
-from glue.download import ensure_task
+from glue.download import ensure_task, resolve_data_dir
 from glue.task import SPLITS
 
-DEFAULT_DATA_DIR = "~/.cache/bertfit/glue_data"
 SPLIT_SEED = 1234  # draws the validation split; fixed forever, never the run seed
 VAL_FRACTION = 0.1
 SCORE_BINS = 5  # strata of a regression score: equal-width bins over Task.score_range
 BUCKET_CHUNK = 50  # length-bucketing sorts chunks of this many batches
 CACHE_VERSION = b"bertfit-encoded-v1"  # change when the cache layout or parsing changes
 _MEMORY_CACHE = {}  # cache key -> EncodedSplit for the life of the process; callers share them: read-only
-
-
-def resolve_data_dir(arg=None) -> Path:
-    """The GLUE data directory: `arg` (--data-dir) if given, else $GLUE_DIR, else ~/.cache/bertfit/glue_data."""
-    return Path(os.path.expanduser(str(arg or os.environ.get("GLUE_DIR") or DEFAULT_DATA_DIR)))
 
 
 @dataclass
@@ -233,8 +227,8 @@ class TaskData:
 
 def load_task_data(task_name: str, tokenizer, data_dir=None, max_length: int = 128, frac: float = 1.0,
                    seed: int = 0, cache_dir=None) -> TaskData:
-    """All splits of a task, tokenized, per the protocol in this module's docstring. Downloads the
-    task's files first if they are missing (glue.download.ensure_task)."""
+    """All splits of a task, tokenized, per the protocol in this module's docstring. data_dir: see
+    glue.download.resolve_data_dir. Downloads the task's files first if they are missing (ensure_task)."""
     task = get_task(task_name)
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1], got {frac}")

@@ -35,34 +35,12 @@ import distributed as dist
 import glue
 import saving
 from config import parse_args
-from model import load_pretrained
+from checkpoint import load_pretrained
+from precision import pick_amp, pick_device
 from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, write_json
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
 MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return torch.device(name)
-
-
-def pick_amp(amp: str, device: torch.device):
-    """-> (autocast dtype or None, GradScaler or None). auto: bf16 where the hardware has it."""
-    if amp == "auto":
-        if device.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amp = "bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in \
-                Path("/proc/cpuinfo").read_text() else "off"
-    if amp == "fp16" and device.type != "cuda":
-        raise SystemExit("--amp fp16 needs CUDA (a GradScaler on CPU is not supported); use bf16 or off")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    return dtype, scaler
 
 
 def to_device(batch, device):
@@ -171,7 +149,7 @@ def main(argv=None):
     amp_dtype, scaler = pick_amp(cfg.amp, device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
-    task_data = data.load_task_data(cfg.task, tokenizer, data.resolve_data_dir(cfg.data_dir or None),
+    task_data = data.load_task_data(cfg.task, tokenizer, cfg.data_dir or None,
                                     max_length=cfg.max_length, frac=cfg.frac, seed=cfg.seed)
     steps_per_epoch = len(data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=0,
                                        rank=dist.rank(), world_size=dist.world_size()))

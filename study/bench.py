@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 import adapters
 import data
-from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token, load_pretrained
+from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token
 from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
 from tokenizer import BertTokenizer
-from checkpoint import minilm_dir
+from checkpoint import load_pretrained, minilm_dir
 from config import method_flag
-from train import pick_amp, pick_device
+from precision import autocast, pick_amp, pick_device
 
 HF_REFERENCE = ("full", "bitfit", "lora", "head")  # methods hf_model builds the reference way
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense
@@ -169,7 +169,7 @@ def main(argv=None):
     amp_dtype, _ = pick_amp("bf16" if args.amp == "fp16" else args.amp, device)
     torch.manual_seed(0)
     base, tokenizer = build(args.model, args.pooling)
-    task_data = data.load_task_data(args.task, tokenizer, data.resolve_data_dir(args.data_dir or None),
+    task_data = data.load_task_data(args.task, tokenizer, args.data_dir or None,
                                     max_length=args.max_length, frac=1.0, seed=0)
     ours_train = data.batches(task_data.train, args.batch_size, shuffle=True, seed=0, epoch=0)
     ours_eval = data.batches(task_data.test, args.eval_batch_size, shuffle=False)

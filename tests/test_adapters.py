@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from adapters import METHODS, TRAINABLE, Adapter, MethodConfig, add_adapters, apply_method
-from audit import GROUPS, assert_frozen, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
+from adapters import METHODS, TRAINABLE, Adapter, MethodConfig, add_adapters, apply_method, merge, mergeable_layers, unmerge
+from audit import GROUPS, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
 from saving import export_merged, load_trainable, save_trainable
-from lora import LORA_TARGETS, LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora
-from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained
+from lora import LORA_TARGETS, LoRALinear, add_lora
+from checkpoint import load_pretrained, load_state_dict
+from model import BertConfig, BertForSequenceClassification
 from tokenizer import BertTokenizer
 
 POOLINGS = ("mean", "cls")
@@ -101,7 +102,7 @@ def test_minilm_counts_by_hand(minilm, pooling, cfg, kw):
     trainable = apply_method(model, cfg)
     a = audit(model, trainable, cfg.method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == hand_count(MINILM, cfg.method, pooling, **kw)
-    assert a.total == count_params(model) == hand_count(MINILM, "full", pooling) + hand_added(MINILM, cfg.method, **kw)
+    assert a.total == sum(p.numel() for p in model.parameters()) == hand_count(MINILM, "full", pooling) + hand_added(MINILM, cfg.method, **kw)
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -135,7 +136,7 @@ def step_and_check(model, trainable, ids, mask, labels):
         if n in frozen:
             assert p.grad is None and torch.equal(p, frozen[n]), f"frozen {n} moved"
     assert [n for n, p in trainable if torch.equal(p, before[n])] == []
-    assert assert_frozen(model, fp) == {"verdict": "passed", "checked": len(frozen)}
+    assert verify_frozen(model, fp) == {"verdict": "passed", "checked": len(frozen)}
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -155,8 +156,6 @@ def test_verify_frozen_names_a_moved_tensor(tiny_config):
         w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(math.inf))
     assert verify_frozen(model, fp) == {"verdict": "failed", "checked": len(fp),
                                         "moved": ["bert.encoder.layer.1.intermediate.dense.weight"]}
-    with pytest.raises(RuntimeError, match="intermediate.dense.weight"):
-        assert_frozen(model, fp)
 
 
 # ------------------------------------------------------------------------- init equivalence
@@ -219,7 +218,7 @@ def test_merge_unmerge(minilm):
     model = copy.deepcopy(minilm["cls"][0])
     apply_method(model, MethodConfig("lora", lora_targets=ALL_TARGETS))
     fp = fingerprint(model)
-    layers = [m for _, m in lora_layers(model)]
+    layers = [m for _, m in mergeable_layers(model)]
     assert len(layers) == 6 * 6
     with torch.no_grad():  # a trained-looking update: with B = 0 merging would be a no-op
         for m in layers:
@@ -228,16 +227,16 @@ def test_merge_unmerge(minilm):
     w0 = [m.weight.detach().clone() for m in layers]
     unmerged = logits(model, ids, mask)  # .eval() inside: must not merge
     assert not any(m.merged for m in layers) and all(torch.equal(m.weight, w) for m, w in zip(layers, w0))
-    assert merge_lora(model) == 36
+    assert merge(model) == 36
     w1 = [m.weight.detach().clone() for m in layers]
     assert not any(torch.equal(a, b) for a, b in zip(w0, w1))
     torch.testing.assert_close(logits(model, ids, mask), unmerged, atol=1e-5, rtol=0)
-    merge_lora(model)  # twice == once
+    merge(model)  # twice == once
     assert all(torch.equal(m.weight, w) for m, w in zip(layers, w1))
     with pytest.raises(RuntimeError, match="unmerge"):
         verify_frozen(model, fp)
-    unmerge_lora(model)
-    unmerge_lora(model)
+    unmerge(model)
+    unmerge(model)
     assert all(torch.equal(m.weight, w) for m, w in zip(layers, w0))  # bit-identical, not approximately
     assert verify_frozen(model, fp)["verdict"] == "passed"
     assert torch.equal(logits(model, ids, mask), unmerged)
@@ -253,12 +252,11 @@ def test_audit_groups_and_table(minilm):
         model = copy.deepcopy(minilm["mean"][0])
         trainable = apply_method(model, MethodConfig(method))
         a = audit(model, trainable, method)
-        assert sum(n for _, _, n in a.rows) == count_params(model) == a.total
+        assert sum(n for _, _, n in a.rows) == sum(p.numel() for p in model.parameters()) == a.total
         assert {g for g, t, _ in a.rows if t} == expected_groups[method]
         assert a.trainable_bytes == 4 * a.trainable  # fp32
         table = a.table()
         assert "pooling mean" in table and table.endswith(a.line()) and "trainable%: " in a.line()
-        assert json.loads(json.dumps(a.to_dict()))["trainable"] == a.trainable
     with torch.no_grad():  # a flag flipped behind apply_method's back is caught
         model.bert.embeddings.word_embeddings.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="requires_grad"):
@@ -315,7 +313,7 @@ def test_lora_targets_match_whole_names(tiny_config):
     assert add_lora(model, MethodConfig("lora", lora_targets=("output.dense",))) == \
         ["bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"]
     assert type(model.bert.encoder.layer[0].attention.output.dense) is nn.Linear
-    with pytest.raises(ValueError, match="already has LoRA"):
+    with pytest.raises(TypeError, match="LoRALinear, not an nn.Linear: LoRA cannot go there"):
         add_lora(model, MethodConfig("lora", lora_targets=("output.dense",)))
 
 
@@ -358,7 +356,7 @@ def test_minilm_step_save_load(minilm, tmp_path, pooling, method):
     trainable = apply_method(model, cfg)
     step_and_check(model, trainable, *batch(30522))  # trained values, not a reproducible init
     path = tmp_path / "trainable.safetensors"
-    save_trainable(model, trainable, cfg, path, {"task": "MRPC", "seed": 7})
+    save_trainable(model, trainable, cfg, path, {"base_model": "minilm", "task": "MRPC", "seed": 7})
     keys = set(load_file(str(path)))
     if method == "full":
         assert keys == set(minilm[pooling][0].state_dict())
@@ -377,7 +375,7 @@ def test_load_errors_name_the_key(minilm, tmp_path):
     cfg = MethodConfig("lora")
     trainable = apply_method(model, cfg)
     path = tmp_path / "t.safetensors"
-    save_trainable(model, trainable, cfg, path, {})
+    save_trainable(model, trainable, cfg, path, {"base_model": "minilm"})
     with safe_open(str(path), "pt") as f:
         header = f.metadata()
     tensors = load_file(str(path))
@@ -390,7 +388,7 @@ def test_load_errors_name_the_key(minilm, tmp_path):
         load_trainable(tmp_path / "shape.safetensors")
     with torch.no_grad():  # a frozen weight that moved: the checkpoint no longer fits the base model
         model.bert.encoder.layer[0].attention.self.key.weight[0, 0] += 1.0
-    save_trainable(model, trainable, cfg, tmp_path / "moved.safetensors", {})
+    save_trainable(model, trainable, cfg, tmp_path / "moved.safetensors", {"base_model": "minilm"})
     with pytest.raises(ValueError, match="frozen tensors"):
         load_trainable(tmp_path / "moved.safetensors")
 
@@ -401,15 +399,16 @@ def test_export_merged_loads_as_plain_bert(minilm, tmp_path, pooling):
     model = copy.deepcopy(base)
     apply_method(model, MethodConfig("lora", lora_targets=ALL_TARGETS))
     with torch.no_grad():
-        for _, m in lora_layers(model):
+        for _, m in mergeable_layers(model):
             m.lora_B.normal_(std=0.02)
-    w0 = [m.weight.detach().clone() for _, m in lora_layers(model)]
+    w0 = [m.weight.detach().clone() for _, m in mergeable_layers(model)]
     out = export_merged(model, tmp_path / "merged", tok)
-    assert not any(m.merged for _, m in lora_layers(model))  # left as found, weights exact
-    assert all(torch.equal(m.weight, w) for (_, m), w in zip(lora_layers(model), w0))
+    assert not any(m.merged for _, m in mergeable_layers(model))  # left as found, weights exact
+    assert all(torch.equal(m.weight, w) for (_, m), w in zip(mergeable_layers(model), w0))
     assert set(load_file(str(out / "model.safetensors"))) == set(base.state_dict())  # no lora_ keys
     plain, tok2 = load_pretrained(out, num_labels=2, verbose=False)
-    assert plain.config.pooling == pooling and plain.load_report.new == []
+    assert plain.config.pooling == pooling
+    assert load_state_dict(BertForSequenceClassification(plain.config), out / "model.safetensors").new == []
     ids, mask, _ = batch(30522)
     torch.testing.assert_close(logits(plain, ids, mask), logits(model, ids, mask), atol=1e-5, rtol=0)
     text = ["Merged LoRA exports tokenize the same."]

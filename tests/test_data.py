@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import data
-from data import (batches, encode_split, load_task_data, padding_fraction, read_split, resolve_data_dir,
-                  strata)
+from data import batches, encode_split, load_task_data, padding_fraction, read_split, strata
 from glue import TASKS, get_task
+from glue.download import resolve_data_dir
 from tokenizer import BertTokenizer
 
 COUNTS = {"mrpc": (3668, 408, 1725), "cola": (8551, 1043, 1063), "stsb": (5749, 1500, 1379)}

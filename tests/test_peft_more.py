@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from adapters import METHODS, MethodConfig, apply_method, canonical_method, method_parts, trainable_params
+from adapters import (METHODS, MethodConfig, apply_method, canonical_method, merge, mergeable_layers, method_parts,
+                      trainable_params, unmerge)
 from audit import GROUPS, audit, fingerprint, group_of, verify_frozen
 from saving import export_merged, load_trainable, save_trainable
 from test_adapters import minilm, step_and_check  # noqa: F401 (a fixture); the same proof as for the core methods
 from config import default_lr, method_flag, parse_args
-from ia3 import IA3Linear, ia3_layers, merge_ia3, unmerge_ia3
-from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained
+from ia3 import IA3Linear
+from checkpoint import load_pretrained
+from model import BertConfig, BertForSequenceClassification
 from prompts import PROMPT_INIT_IDS, PrefixEncoder, merge_prefix
 
 POOLINGS = ("mean", "cls")
@@ -98,7 +100,7 @@ def test_minilm_counts_by_hand(minilm, pooling, method, kw):
     a = audit(model, trainable, method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == hand_count(MINILM, method, pooling, **kw)
     if method in NEW:
-        assert a.total == count_params(model) == count_params(minilm[pooling][0]) + hand_added(MINILM, method, **kw)
+        assert a.total == sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in minilm[pooling][0].parameters()) + hand_added(MINILM, method, **kw)
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -180,7 +182,7 @@ def test_ia3_equals_base_at_init(minilm, pooling):
     ref = logits(base, ids, mask)
     model = copy.deepcopy(base)
     apply_method(model, MethodConfig("ia3"))
-    assert len(ia3_layers(model)) == 6 * 3
+    assert len(mergeable_layers(model)) == 6 * 3
     assert torch.equal(logits(model, ids, mask), ref)  # l = 1: exactly the base model
     with torch.no_grad():
         model.bert.encoder.layer[2].output.dense.ia3_l[7] = 0.5  # one element of one l_ff
@@ -203,7 +205,7 @@ def test_ia3_merge_unmerge(minilm, tmp_path):
     model = copy.deepcopy(minilm["cls"][0])
     apply_method(model, MethodConfig("ia3"))
     fp = fingerprint(model)
-    layers = [m for _, m in ia3_layers(model)]
+    layers = [m for _, m in mergeable_layers(model)]
     with torch.no_grad():  # trained-looking vectors: with l = 1 merging would be a no-op
         for m in layers:
             m.ia3_l.normal_(1.0, 0.1)
@@ -211,16 +213,16 @@ def test_ia3_merge_unmerge(minilm, tmp_path):
     w0 = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in layers]
     unmerged = logits(model, ids, mask)  # .eval() inside: must not merge
     assert not any(m.merged for m in layers)
-    assert merge_ia3(model) == 18
+    assert merge(model) == 18
     w1 = [m.weight.detach().clone() for m in layers]
     assert not any(torch.equal(a, b) for (a, _), b in zip(w0, w1))
     torch.testing.assert_close(logits(model, ids, mask), unmerged, atol=1e-5, rtol=1e-5)
-    merge_ia3(model)  # twice == once
+    merge(model)  # twice == once
     assert all(torch.equal(m.weight, w) for m, w in zip(layers, w1))
     with pytest.raises(RuntimeError, match="unmerge"):
         verify_frozen(model, fp)
-    unmerge_ia3(model)
-    unmerge_ia3(model)
+    unmerge(model)
+    unmerge(model)
     assert all(torch.equal(m.weight, w) and torch.equal(m.bias, b) for m, (w, b) in zip(layers, w0))
     assert verify_frozen(model, fp)["verdict"] == "passed"
     assert torch.equal(logits(model, ids, mask), unmerged)
@@ -264,7 +266,7 @@ def test_prefix_padding_merge_and_checkpoints(minilm, tmp_path, pooling):
     torch.testing.assert_close(short, ref[1:], atol=1e-5, rtol=1e-5)
     step_and_check(model, trainable, ids, mask, labels)
     ref = logits(model, ids, mask)
-    save_trainable(model, trainable, cfg, tmp_path / "mlp.safetensors", {"task": "MRPC"})
+    save_trainable(model, trainable, cfg, tmp_path / "mlp.safetensors", {"base_model": "minilm", "task": "MRPC"})
     loaded, _, _ = load_trainable(tmp_path / "mlp.safetensors")  # the training form, MLP and all
     assert torch.equal(logits(loaded, ids, mask), ref)
 
@@ -274,10 +276,10 @@ def test_prefix_padding_merge_and_checkpoints(minilm, tmp_path, pooling):
     assert {n for n, _ in prefix.named_parameters()} == {"kv"}  # the MLP is gone
     assert torch.equal(logits(model, ids, mask), ref)
     with pytest.raises(ValueError, match="trainable_params"):  # the old list names tensors the model dropped
-        save_trainable(model, trainable, cfg, tmp_path / "stale.safetensors", {})
+        save_trainable(model, trainable, cfg, tmp_path / "stale.safetensors", {"base_model": "minilm"})
     merged = trainable_params(model)
     assert sum(p.numel() for _, p in merged) == hand_count(MINILM, "prefix", pooling, P=4, merged=True)
-    save_trainable(model, merged, cfg, tmp_path / "kv.safetensors", {})
+    save_trainable(model, merged, cfg, tmp_path / "kv.safetensors", {"base_model": "minilm"})
     assert "bert.encoder.prefix.kv" in load_file(str(tmp_path / "kv.safetensors"))
     assert not any(".hidden." in k for k in load_file(str(tmp_path / "kv.safetensors")))
     loaded, _, meta = load_trainable(tmp_path / "kv.safetensors")
@@ -341,7 +343,7 @@ def test_prompt_padding_step_and_checkpoint(minilm, tmp_path, pooling):
         torch.testing.assert_close(logits(model, *padded), ref, atol=1e-5, rtol=1e-5)
         short = logits(model, ids[1:, :8], mask[1:, :8])  # the padded row without its padding
         torch.testing.assert_close(short, ref[1:], atol=1e-5, rtol=1e-5)
-    save_trainable(model, trainable, cfg, tmp_path / "p.safetensors", {})
+    save_trainable(model, trainable, cfg, tmp_path / "p.safetensors", {"base_model": "minilm"})
     expected = {"bert.embeddings.prompt.weight", "classifier.weight", "classifier.bias"}
     expected |= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} if pooling == "cls" else set()
     assert set(load_file(str(tmp_path / "p.safetensors"))) == expected
@@ -366,7 +368,7 @@ def test_save_load_round_trip(minilm, tmp_path, method):
     trainable = apply_method(model, cfg)
     step_and_check(model, trainable, *batch(30522))
     path = tmp_path / "t.safetensors"
-    save_trainable(model, trainable, cfg, path, {"task": "MRPC"})
+    save_trainable(model, trainable, cfg, path, {"base_model": "minilm", "task": "MRPC"})
     assert set(load_file(str(path))) == {n for n, _ in trainable}
     loaded, _, meta = load_trainable(path)
     assert meta["method"] == method and MethodConfig(**meta["method_config"]) == cfg
