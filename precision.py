@@ -30,9 +30,9 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_amp(amp: str, device: torch.device) -> tuple:
-    """--amp -> (autocast dtype or None, GradScaler enabled for fp16 only). auto: bf16 where the
-    hardware has it (CUDA: else fp16; CPU: else off)."""
+def pick_amp(amp: str, device: torch.device):
+    """--amp -> the autocast dtype, or None for fp32. auto: bf16 where the hardware has it (CUDA: else
+    fp16; CPU: else off)."""
     if amp not in AMP_CHOICES:
         raise SystemExit(f"--amp {amp!r}: allowed {list(AMP_CHOICES)}")
     if amp == "auto":
@@ -42,8 +42,12 @@ def pick_amp(amp: str, device: torch.device) -> tuple:
             amp = "bf16" if cpu_has_bf16() else "off"
     if amp == "fp16" and device.type != "cuda":
         raise SystemExit("--amp fp16 needs CUDA (a GradScaler on CPU is not supported); use bf16 or off")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    return dtype, torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def grad_scaler(device: torch.device, dtype) -> torch.amp.GradScaler:
+    """Loss scaling, enabled for fp16 only; disabled, it is a pass-through (see the module docstring)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
 
 def autocast(device: torch.device, dtype):

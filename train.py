@@ -36,7 +36,7 @@ import glue
 import saving
 from config import parse_args
 from checkpoint import load_pretrained
-from precision import pick_amp, pick_device
+from precision import grad_scaler, pick_amp, pick_device
 from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, write_json
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
@@ -146,7 +146,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.txt").write_text(report.table() + "\n")
     model.to(device)
-    amp_dtype, scaler = pick_amp(cfg.amp, device)
+    amp_dtype = pick_amp(cfg.amp, device)
+    scaler = grad_scaler(device, amp_dtype)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
     task_data = data.load_task_data(cfg.task, tokenizer, cfg.data_dir or None,
