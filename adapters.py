@@ -71,7 +71,7 @@ class MethodConfig:
     adapter_act: str = "gelu"  # the bottleneck's nonlinearity, a key of model.ACTIVATIONS
     adapter_init_std: float = 1e-3  # std of the adapters' truncated-normal (+-2 std) down/up weights
     lora_r: int = 8  # LoRA's rank r
-    lora_alpha: float = 16  # LoRA's update is scaled by alpha / r
+    lora_alpha: float = 16.0  # LoRA's update is scaled by alpha / r
     lora_dropout: float = 0.0  # dropout on the LoRA path's input
     lora_targets: tuple = ("query", "value")  # the Linear layers LoRA adapts, keys of lora.LORA_TARGETS
     prompt_length: int = 20  # V, prompt tuning's virtual tokens

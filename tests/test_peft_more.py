@@ -145,8 +145,7 @@ def test_hybrid_flags_and_learning_rate(capsys):
     assert (cfg.method, cfg.lr, cfg.out) == ("bitfit+lora", 5e-4, "runs/mrpc-bitfit+lora-f1-s0")
     assert default_lr("adapter+bitfit") == 5e-4 and default_lr("ia3") == 3e-3 and default_lr("prompt+ia3") == 3e-3
     cfg = parse_args(["--method", "prefix", "--prefix-length", "7", "--prefix-hidden", "64", "--prompt-length", "3"])
-    assert (cfg.method_config().prefix_length, cfg.method_config().prefix_hidden, cfg.method_config().prompt_length) \
-        == (7, 64, 3)
+    assert (cfg.options.prefix_length, cfg.options.prefix_hidden, cfg.options.prompt_length) == (7, 64, 3)
     with pytest.raises(argparse.ArgumentTypeError, match="invalid choice: 'lora\\+full'"):
         method_flag("lora+full")
     with pytest.raises(SystemExit):
