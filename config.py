@@ -1,7 +1,7 @@
 """A run's configuration: the TrainConfig dataclass, its command line, and per-method defaults.
 
 One declaration per option: every field of TrainConfig and of adapters.MethodConfig is a flag
-(`lora_r` -> `--lora-r`), its type from the default and its --help the comment on its line; a new
+(`lora_r` -> `--lora-r`), its type the annotation's and its --help the comment on its line; a new
 field becomes a flag with no other edit. Every bad value is an error before anything loads.
 """
 import argparse
@@ -15,16 +15,6 @@ from checkpoint import DEFAULT_MODEL
 from model import ACTIVATIONS
 from precision import AMP_CHOICES
 
-# Learning rates by method. Full fine-tuning: BERT paper's range (2e-5..5e-5, sec. A.3).
-# BitFit: 1e-3 (Ben Zaken et al. 2022, sec. 3.1 searched 1e-4..1e-3). Adapters: 5e-4 (Houlsby et
-# al. 2019, sec. 3.1 searched 3e-5..3e-3). LoRA: 5e-4 (Hu et al. 2021, tab. 9, RoBERTa-base GLUE
-# 4e-4..5e-4). Head only: 1e-3, a linear probe. See README "Protocol" for the runs behind them.
-# Prompt: 3e-3. Lester et al. (2021, sec. 3) use 0.3 with Adafactor on T5, whose embeddings are far
-# larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have element
-# std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale in ~20 steps.
-# Prefix: 5e-4, as for adapters: the reparameterisation MLP is a small network trained from scratch,
-# like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches). (IA)^3: 3e-3, the
-# rate of the T-Few recipe (Liu et al. 2022), which trains only the l vectors. Not yet tuned here.
 DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head": 1e-3,
               "prompt": 3e-3, "prefix": 5e-4, "ia3": 3e-3}
 
@@ -32,7 +22,22 @@ DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head
 def default_lr(method: str) -> float:
     """DEFAULT_LR of a method; a hybrid takes the smallest of its parts' rates. One optimizer steps
     every part with one rate; the smallest is one every part is known to train stably at, where the
-    largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses."""
+    largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses.
+
+    Where the rates come from (README "Protocol" has the runs behind them):
+      full 2e-5: the BERT paper's range (2e-5..5e-5, sec. A.3).
+      bitfit 1e-3: Ben Zaken et al. (2022) sec. 3.1 searched 1e-4..1e-3.
+      adapter 5e-4: Houlsby et al. (2019) sec. 3.1 searched 3e-5..3e-3.
+      lora 5e-4: Hu et al. (2021) Table 9, RoBERTa-base GLUE 4e-4..5e-4.
+      head 1e-3: a linear probe.
+      prompt 3e-3: Lester et al. (2021) sec. 3 use 0.3 with Adafactor on T5, whose embeddings are far
+          larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have
+          element std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale
+          in ~20 steps.
+      prefix 5e-4: as for adapters: the reparameterisation MLP is a small network trained from
+          scratch, like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches).
+      ia3 3e-3: the T-Few recipe's rate (Liu et al. 2022), which trains only the l vectors.
+    Not yet tuned here."""
     return min(DEFAULT_LR[part] for part in adapters.method_parts(method))
 
 

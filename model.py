@@ -36,7 +36,7 @@ class BertConfig:
     num_hidden_layers: int = 12  # encoder layers
     num_attention_heads: int = 12  # N; D = H // N
     intermediate_size: int = 3072  # I, the FFN's inner width
-    hidden_act: str = "gelu"  # "gelu" is the exact erf GELU, as in the original BERT
+    hidden_act: str = "gelu"  # exact erf GELU: google-research/bert as first released (its later code: tanh)
     hidden_dropout_prob: float = 0.1  # dropout on embeddings, sublayer outputs and the head
     attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities
     max_position_embeddings: int = 512  # longest sequence the position table covers
@@ -68,8 +68,11 @@ class BertConfig:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
 
 
+# Hugging Face's names. "gelu" is the exact erf form, the one google-research/bert's modeling.py used as
+# first released (Oct. 2018) and HF's BERT keeps; that repository's later modeling.py switched to the tanh
+# approximation, which HF calls "gelu_new" (tested: tests/test_model.py, test_gelu_is_exact_erf_form).
 ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),  # exact erf form
+    "gelu": lambda x: F.gelu(x),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,

@@ -41,8 +41,9 @@ def minilm_dir() -> Path:
 
 @pytest.fixture
 def tiny_config() -> BertConfig:
-    """2 layers, hidden 32: fast tests that need no pretrained weights."""
-    return BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    """2 layers, hidden 32: fast tests that need no pretrained weights. The vocabulary is as large as
+    prompt tuning's init needs (prompts.PROMPT_INIT_IDS: ids up to 6995)."""
+    return BertConfig(vocab_size=7000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=64, max_position_embeddings=64, num_labels=2)
 
 

@@ -357,6 +357,9 @@ def test_prompt_too_long_is_named(tiny_config):
     apply_method(model, MethodConfig("prompt", prompt_length=60))
     with pytest.raises(ValueError, match="12 tokens \\+ 60 prompt tokens > max_position_embeddings 64"):
         model(*batch(tiny_config.vocab_size)[:2])
+    small = tiny(dataclasses.replace(tiny_config, vocab_size=100), "cls")  # no silent fallback to other words
+    with pytest.raises(ValueError, match="word embeddings 1996..6995 .* vocabulary has only 100"):
+        apply_method(small, MethodConfig("prompt"))
 
 
 # ------------------------------------------------------------------- save / load of the rest
