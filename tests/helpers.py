@@ -1,0 +1,59 @@
+"""Helpers the method tests share: dimensions for counting by hand, tiny models, a batch, and the
+proof that one large step moves every trainable tensor and no frozen one."""
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from audit import assert_optimizer_matches, fingerprint, verify_frozen
+from lora import LORA_TARGETS
+from model import BertForSequenceClassification
+
+POOLINGS = ("mean", "cls")
+CORE = ("full", "bitfit", "adapter", "lora", "head")
+NEW = ("prompt", "prefix", "ia3")
+HYBRIDS = ("bitfit+lora", "adapter+bitfit", "bitfit+ia3", "prefix+prompt", "ia3+lora+prompt")
+SMALL = dict(prompt_length=5, prefix_length=4, prefix_hidden=32, lora_targets=("query",))  # fits ia3+lora
+ALL_TARGETS = tuple(LORA_TARGETS)
+MINILM = dict(H=384, I=1536, L=6, V=30522, P=512, T=2)  # all-MiniLM-L6-v2's config.json
+BERT_BASE = dict(H=768, I=3072, L=12, V=30522, P=512, T=2)  # BertConfig() defaults
+
+
+def tiny(config, pooling):
+    return BertForSequenceClassification(dataclasses.replace(config, pooling=pooling))
+
+
+def batch(vocab_size, pad_from=8):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, min(vocab_size, 2000), (2, 12), generator=g)  # (B, T)
+    mask = torch.ones_like(ids)
+    mask[1, pad_from:] = 0  # one padded row, so the mean pooling's mask matters
+    return ids, mask, torch.tensor([0, 1])
+
+
+def logits(model, ids, mask, types=None):
+    model.eval()
+    with torch.no_grad():
+        return model(ids, mask, types)
+
+
+def step_and_check(model, trainable, ids, mask, labels):
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trainable}
+    fp = fingerprint(model)
+    assert set(fp) == set(frozen)  # the model has no buffers; every frozen parameter is covered
+    # lr 1e-2, not 1.0: Adam moves every parameter with a gradient by about lr, so any leak into a
+    # frozen tensor still shows, while at 1.0 the first step could saturate [CLS] pooling's tanh to
+    # exactly +-1 and leave LoRA's A with a zero gradient on the second (1 head init in 12 did).
+    opt = torch.optim.AdamW([p for _, p in trainable], lr=1e-2, weight_decay=0.0)
+    assert_optimizer_matches(opt, trainable)
+    model.train()
+    for _ in range(2):  # LoRA's A gets a gradient only once B != 0, i.e. on the second step
+        opt.zero_grad()
+        F.cross_entropy(model(ids, mask), labels).backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert p.grad is None and torch.equal(p, frozen[n]), f"frozen {n} moved"
+    assert [n for n, p in trainable if torch.equal(p, before[n])] == []
+    assert verify_frozen(model, fp) == {"verdict": "passed", "checked": len(frozen)}
