@@ -7,6 +7,7 @@ field becomes a flag with no other edit. Every bad value is an error before anyt
 import argparse
 import inspect
 import re
+import textwrap
 from dataclasses import dataclass, field, fields
 
 import adapters
@@ -52,6 +53,7 @@ def method_flag(text: str) -> str:
 
 @dataclass
 class TrainConfig:
+    """One training run's settings; with the method's (`options`), every flag of train.py."""
     task: str = "mrpc"  # GLUE task
     frac: float = 1.0  # fraction of the training pool, in (0, 1]; nested across fractions
     epochs: int = 15  # the paper's protocol trains 15-20 epochs and watches for overfitting
@@ -99,7 +101,7 @@ def comma_list(text: str) -> tuple:
 
 def field_help(cls) -> dict:
     """{field: the comment on its line} from the dataclass's source: a field's comment is its --help."""
-    return dict(re.findall(r"^    (\w+): [^#\n]+#\s*(.+)$", inspect.getsource(cls), flags=re.M))
+    return dict(re.findall(r"^    (\w+): [^#\n]+#\s*(.+)$", textwrap.dedent(inspect.getsource(cls)), flags=re.M))
 
 
 def add_flags(parser: argparse.ArgumentParser, cls, skip=()):
@@ -109,6 +111,8 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip=()):
     for f in fields(cls):
         if f.name in skip:
             continue
+        if f.name not in helps:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a comment on its line: it is the flag's --help")
         flag, default = "--" + f.name.replace("_", "-"), f.default
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps[f.name])

@@ -3,7 +3,7 @@ errors before anything loads; per-method learning rates."""
 import argparse
 import inspect
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import pytest
 
@@ -73,3 +73,22 @@ def test_method_options_reach_the_method_config():
     assert record["lora_targets"] == "query,key" and record["adapter_act"] == "relu" and record["epochs"] == 15
     assert set(record) == {f.name for f in fields(TrainConfig) if f.name != "options"} | \
         {f.name for f in fields(adapters.MethodConfig)}
+
+
+def test_a_new_field_becomes_a_flag_and_needs_a_comment():
+    @dataclass
+    class Options:
+        train_pooler: bool = False  # train BERT's pooler too
+        width: int = 3  # how wide
+
+    p = argparse.ArgumentParser()
+    config.add_flags(p, Options)
+    assert vars(p.parse_args(["--train-pooler", "--width", "5"])) == {"train_pooler": True, "width": 5}
+    assert "train BERT's pooler too" in p.format_help()
+
+    @dataclass
+    class Silent:
+        width: int = 3
+
+    with pytest.raises(TypeError, match="Silent.width needs a comment"):
+        config.add_flags(argparse.ArgumentParser(), Silent)
