@@ -19,6 +19,10 @@ MINILM = dict(H=384, I=1536, L=6, V=30522, P=512, T=2)  # all-MiniLM-L6-v2's con
 BERT_BASE = dict(H=768, I=3072, L=12, V=30522, P=512, T=2)  # BertConfig() defaults
 
 
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def tiny(config, pooling):
     return BertForSequenceClassification(dataclasses.replace(config, pooling=pooling))
 

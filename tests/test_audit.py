@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from adapters import METHODS, TRAINABLE, MethodConfig, add_adapters, apply_method
 from audit import GROUPS, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
-from helpers import ALL_TARGETS, CORE, NEW, SMALL, tiny
+from helpers import ALL_TARGETS, CORE, NEW, SMALL, n_params, tiny
 from lora import add_lora
 from prompts import merge_prefix
 
@@ -23,7 +23,7 @@ def test_audit_groups_and_table(minilm):
         model = copy.deepcopy(minilm["mean"][0])
         trainable = apply_method(model, MethodConfig(method))
         a = audit(model, trainable, method)
-        assert sum(n for _, _, n in a.rows) == sum(p.numel() for p in model.parameters()) == a.total
+        assert sum(n for _, _, n in a.rows) == n_params(model) == a.total
         assert {g for g, t, _ in a.rows if t} == expected_groups[method]
         assert a.trainable_bytes == 4 * a.trainable  # fp32
         table = a.table()
@@ -39,7 +39,7 @@ def test_groups_are_disjoint_and_cover(tiny_config):
     add_adapters(model, MethodConfig("adapter"))
     add_lora(model, MethodConfig("lora", lora_targets=ALL_TARGETS))
     names = [n for n, _ in model.named_parameters()]
-    new_groups = {"prompt", "prefix", "IA3"}  # the new methods' modules: test_peft_more.py
+    new_groups = {"prompt", "prefix", "IA3"}  # the new methods' modules: the next test
     assert {group_of(n) for n in names} == {g for g, _ in GROUPS} - new_groups  # group_of raises unless one matches
     model.extra = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="extra.weight"):

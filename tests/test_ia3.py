@@ -10,6 +10,7 @@ from checkpoint import load_pretrained
 from helpers import POOLINGS, batch, logits
 from ia3 import IA3Linear
 from saving import export_merged
+from surgery import from_linear
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -29,7 +30,7 @@ def test_ia3_equals_base_at_init(minilm, pooling):
 def test_ia3_linear_formula():
     lin = torch.nn.Linear(6, 4)
     x = torch.randn(3, 6)
-    out, inn = IA3Linear.from_linear(lin, "out"), IA3Linear.from_linear(lin, "in")
+    out, inn = from_linear(IA3Linear, lin, "out"), from_linear(IA3Linear, lin, "in")
     assert out.ia3_l.shape == (4,) and inn.ia3_l.shape == (6,)
     with torch.no_grad():
         out.ia3_l.uniform_(0.5, 1.5)

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from adapters import MethodConfig
 from helpers import tiny
 from lora import LoRALinear, add_lora
+from surgery import from_linear
 
 
 def test_lora_linear_formula_init_and_dropout():
     torch.manual_seed(0)
     base = nn.Linear(16, 24)
-    lin = LoRALinear.from_linear(base, r=4, alpha=8, dropout=0.5)
+    lin = from_linear(LoRALinear, base, 4, 8, 0.5)  # r, alpha, dropout
     assert torch.equal(lin.weight, base.weight) and torch.equal(lin.bias, base.bias)
     assert lin.lora_A.shape == (4, 16) and lin.lora_B.shape == (24, 4) and lin.scaling == 2.0
     assert torch.count_nonzero(lin.lora_B) == 0 and torch.count_nonzero(lin.lora_A) == lin.lora_A.numel()

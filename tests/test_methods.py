@@ -14,7 +14,7 @@ from adapters import (MethodConfig, apply_method, canonical_method, merge, merge
                       trainable_params, unmerge)
 from audit import audit, fingerprint, verify_frozen
 from helpers import (ALL_TARGETS, BERT_BASE, CORE, HYBRIDS, MINILM, NEW, POOLINGS, SMALL, batch, logits,
-                     step_and_check, tiny)
+                     n_params, step_and_check, tiny)
 from model import BertConfig, BertForSequenceClassification
 
 
@@ -63,7 +63,7 @@ def test_minilm_counts_by_hand_core(minilm, pooling, cfg, kw):
     trainable = apply_method(model, cfg)
     a = audit(model, trainable, cfg.method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == count_core(MINILM, cfg.method, pooling, **kw)
-    assert a.total == sum(p.numel() for p in model.parameters()) == count_core(MINILM, "full", pooling) + added_core(MINILM, cfg.method, **kw)
+    assert a.total == n_params(model) == count_core(MINILM, "full", pooling) + added_core(MINILM, cfg.method, **kw)
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -127,7 +127,7 @@ def test_minilm_counts_by_hand_new(minilm, pooling, method, kw):
     a = audit(model, trainable, method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == count_union(MINILM, method, pooling, **kw)
     if method in NEW:
-        assert a.total == sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in minilm[pooling][0].parameters()) + added_new(MINILM, method, **kw)
+        assert a.total == n_params(model) == n_params(minilm[pooling][0]) + added_new(MINILM, method, **kw)
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
