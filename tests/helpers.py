@@ -19,6 +19,29 @@ MINILM = dict(H=384, I=1536, L=6, V=30522, P=512, T=2)  # all-MiniLM-L6-v2's con
 BERT_BASE = dict(H=768, I=3072, L=12, V=30522, P=512, T=2)  # BertConfig() defaults
 
 
+def count_union(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merged=False):
+    """Trainable parameters of a method (a hybrid: of the union), from the dimensions alone."""
+    H, I, L = d["H"], d["I"], d["L"]
+    head = H * labels + labels + (H * H + H if pooling == "cls" else 0)  # classifier (+ pooler dense)
+    biases = L * (4 * H + I + H + 2 * H) + H  # q,k,v,attn-out; FFN in, out; two LayerNorms; embedding LN
+    ln_gains = L * 2 * H + H  # LayerNorm weights; their biases are in `biases`
+    own = {
+        "prompt": V * H,  # V vectors of size H
+        "prefix": L * 2 * P * H if merged else P * H + (H * h + h) + (h * L * 2 * H + L * 2 * H),  # P' + MLP
+        "ia3": L * (H + H + I),  # l_k, l_v, l_ff per layer
+        "lora": L * 2 * (r * H + H * r),  # A (r, H) and B (H, r) on query and value
+        "adapter": L * 2 * (H * m + m + m * H + H) + ln_gains,  # plus LayerNorm gains (biases: below)
+        "bitfit": 0,
+    }
+    parts = method.split("+")
+    n = sum(own[p] for p in parts) + head
+    if "bitfit" in parts:
+        n += biases  # every backbone bias, the LayerNorms' included
+    elif "adapter" in parts:
+        n += L * 2 * H + H  # the LayerNorms' biases
+    return n
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

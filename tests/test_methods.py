@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from adapters import (MethodConfig, apply_method, canonical_method, merge, mergeable_layers, method_parts,
                       trainable_params, unmerge)
 from audit import audit, fingerprint, verify_frozen
-from helpers import (ALL_TARGETS, BERT_BASE, CORE, HYBRIDS, MINILM, NEW, POOLINGS, SMALL, batch, logits,
-                     n_params, step_and_check, tiny)
+from helpers import (ALL_TARGETS, BERT_BASE, CORE, HYBRIDS, MINILM, NEW, POOLINGS, SMALL, batch, count_union,
+                     logits, n_params, step_and_check, tiny)
 from model import BertConfig, BertForSequenceClassification
 
 
@@ -77,30 +77,7 @@ def test_bert_base_counts_by_hand_core(pooling, method):
         assert count_core(BERT_BASE, "full", "cls") == 109_483_778  # bert-base-uncased 109,482,240 + 2-way head
 
 
-# ----------------------------------------------------- counts by hand: prompt, prefix, ia3 and hybrids
-def count_union(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merged=False):
-    """Trainable parameters of a method (a hybrid: of the union), from the dimensions alone."""
-    H, I, L = d["H"], d["I"], d["L"]
-    head = H * labels + labels + (H * H + H if pooling == "cls" else 0)  # classifier (+ pooler dense)
-    biases = L * (4 * H + I + H + 2 * H) + H  # q,k,v,attn-out; FFN in, out; two LayerNorms; embedding LN
-    ln_gains = L * 2 * H + H  # LayerNorm weights; their biases are in `biases`
-    own = {
-        "prompt": V * H,  # V vectors of size H
-        "prefix": L * 2 * P * H if merged else P * H + (H * h + h) + (h * L * 2 * H + L * 2 * H),  # P' + MLP
-        "ia3": L * (H + H + I),  # l_k, l_v, l_ff per layer
-        "lora": L * 2 * (r * H + H * r),  # A (r, H) and B (H, r) on query and value
-        "adapter": L * 2 * (H * m + m + m * H + H) + ln_gains,  # plus LayerNorm gains (biases: below)
-        "bitfit": 0,
-    }
-    parts = method.split("+")
-    n = sum(own[p] for p in parts) + head
-    if "bitfit" in parts:
-        n += biases  # every backbone bias, the LayerNorms' included
-    elif "adapter" in parts:
-        n += L * 2 * H + H  # the LayerNorms' biases
-    return n
-
-
+# ------------------------- counts by hand: prompt, prefix, ia3 and hybrids (helpers.count_union)
 def added_new(d, method, V=20, P=20, h=512, merged=False, **_):
     """Parameters the new methods add to the model."""
     H, I, L = d["H"], d["I"], d["L"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from adapters import MethodConfig, apply_method, trainable_params
-from helpers import MINILM, POOLINGS, batch, logits, step_and_check, tiny
+from helpers import MINILM, POOLINGS, batch, count_union, logits, step_and_check, tiny
 from prompts import PROMPT_INIT_IDS, PrefixEncoder, merge_prefix
 from saving import export_merged, load_trainable, save_trainable
 
@@ -60,7 +60,7 @@ def test_prefix_padding_merge_and_checkpoints(minilm, tmp_path, pooling):
     with pytest.raises(ValueError, match="trainable_params"):  # the old list names tensors the model dropped
         save_trainable(model, trainable, cfg, tmp_path / "stale.safetensors", {"base_model": "minilm"})
     merged = trainable_params(model)
-    assert sum(p.numel() for _, p in merged) == hand_count(MINILM, "prefix", pooling, P=4, merged=True)
+    assert sum(p.numel() for _, p in merged) == count_union(MINILM, "prefix", pooling, P=4, merged=True)
     save_trainable(model, merged, cfg, tmp_path / "kv.safetensors", {"base_model": "minilm"})
     assert "bert.encoder.prefix.kv" in load_file(str(tmp_path / "kv.safetensors"))
     assert not any(".hidden." in k for k in load_file(str(tmp_path / "kv.safetensors")))
