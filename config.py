@@ -1,24 +1,21 @@
 """A run's configuration: the TrainConfig dataclass, its command line, and per-method defaults.
 
-Every field is a flag (`lora_r` -> `--lora-r`); every bad value is an error before anything loads.
+One declaration per option: every field of TrainConfig and of adapters.MethodConfig is a flag
+(`lora_r` -> `--lora-r`), its type the annotation's and its --help the comment on its line; a new
+field becomes a flag with no other edit. Every bad value is an error before anything loads.
 """
 import argparse
-from dataclasses import dataclass, fields
+import inspect
+import re
+import textwrap
+from dataclasses import dataclass, field, fields
 
 import adapters
 import glue
-from model import DEFAULT_MODEL
+from checkpoint import DEFAULT_MODEL
+from model import ACTIVATIONS
+from precision import AMP_CHOICES
 
-# Learning rates by method. Full fine-tuning: BERT paper's range (2e-5..5e-5, sec. A.3).
-# BitFit: 1e-3 (Ben Zaken et al. 2022, sec. 3.1 searched 1e-4..1e-3). Adapters: 5e-4 (Houlsby et
-# al. 2019, sec. 3.1 searched 3e-5..3e-3). LoRA: 5e-4 (Hu et al. 2021, tab. 9, RoBERTa-base GLUE
-# 4e-4..5e-4). Head only: 1e-3, a linear probe. See README "Protocol" for the runs behind them.
-# Prompt: 3e-3. Lester et al. (2021, sec. 3) use 0.3 with Adafactor on T5, whose embeddings are far
-# larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have element
-# std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale in ~20 steps.
-# Prefix: 5e-4, as for adapters: the reparameterisation MLP is a small network trained from scratch,
-# like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches). (IA)^3: 3e-3, the
-# rate of the T-Few recipe (Liu et al. 2022), which trains only the l vectors. Not yet tuned here.
 DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head": 1e-3,
               "prompt": 3e-3, "prefix": 5e-4, "ia3": 3e-3}
 
@@ -26,7 +23,22 @@ DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head
 def default_lr(method: str) -> float:
     """DEFAULT_LR of a method; a hybrid takes the smallest of its parts' rates. One optimizer steps
     every part with one rate; the smallest is one every part is known to train stably at, where the
-    largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses."""
+    largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses.
+
+    Where the rates come from (README "Protocol" has the runs behind them):
+      full 2e-5: the BERT paper's range (2e-5..5e-5, sec. A.3).
+      bitfit 1e-3: Ben Zaken et al. (2022) sec. 3.1 searched 1e-4..1e-3.
+      adapter 5e-4: Houlsby et al. (2019) sec. 3.1 searched 3e-5..3e-3.
+      lora 5e-4: Hu et al. (2021) Table 9, RoBERTa-base GLUE 4e-4..5e-4.
+      head 1e-3: a linear probe.
+      prompt 3e-3: Lester et al. (2021) sec. 3 use 0.3 with Adafactor on T5, whose embeddings are far
+          larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have
+          element std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale
+          in ~20 steps.
+      prefix 5e-4: as for adapters: the reparameterisation MLP is a small network trained from
+          scratch, like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches).
+      ia3 3e-3: the T-Few recipe's rate (Liu et al. 2022), which trains only the l vectors.
+    Not yet tuned here."""
     return min(DEFAULT_LR[part] for part in adapters.method_parts(method))
 
 
@@ -41,62 +53,84 @@ def method_flag(text: str) -> str:
 
 @dataclass
 class TrainConfig:
-    task: str = "mrpc"  # GLUE task: one of glue.TASKS
-    method: str = "full"  # one of adapters.METHODS, or a hybrid of several joined by "+" ("bitfit+lora")
+    """One training run's settings; with the method's (`options`), every flag of train.py."""
+    task: str = "mrpc"  # GLUE task
     frac: float = 1.0  # fraction of the training pool, in (0, 1]; nested across fractions
     epochs: int = 15  # the paper's protocol trains 15-20 epochs and watches for overfitting
     time_budget: float = 0.0  # minutes of training time (evaluation excluded); 0 = no budget
     seed: int = 0  # data fraction, shuffling, init of new weights, dropout
-    model: str = DEFAULT_MODEL  # local dir, "minilm", or hub id
-    pooling: str = ""  # "cls" or "mean"; "" = what the checkpoint declares
-    data_dir: str = ""  # GLUE directory; "" = $GLUE_DIR, else data.resolve_data_dir's default
+    model: str = DEFAULT_MODEL  # local directory, "minilm", or Hugging Face hub id
+    pooling: str = ""  # "" = what the checkpoint declares
+    data_dir: str = ""  # GLUE directory; "" = $GLUE_DIR, else glue.download.resolve_data_dir's default
     out: str = ""  # run directory; "" = runs/{task}-{method}-f{frac}-s{seed}
-    lr: float = 0.0  # 0 = default_lr(method)
-    batch_size: int = 32
+    lr: float = 0.0  # peak learning rate; 0 = default_lr(method)
+    batch_size: int = 32  # training examples per step
     eval_batch_size: int = 128  # evaluation runs in inference mode, so it affords larger batches
     max_length: int = 128  # tokens per example after longest-first truncation
     weight_decay: float = 0.01  # AdamW decoupled decay, not applied to biases and LayerNorm
     warmup: float = 0.06  # fraction of planned steps for linear warm-up (RoBERTa/LoRA recipe)
     grad_clip: float = 1.0  # max global gradient norm
-    amp: str = "auto"  # auto, bf16, fp16, off
+    amp: str = "auto"  # autocast precision; auto = bf16 where the hardware has it
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     eval_every: int = 0  # also evaluate every K training steps; 0 = only at epoch ends
     compile: bool = False  # torch.compile the model
     audit: bool = False  # print the trainable-parameter table and exit
     resume: bool = False  # continue from resume.pt in --out
-    # method options (adapters.MethodConfig)
-    adapter_size: int = 64
-    adapter_placement: str = "houlsby"
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0  # the LoRA reference GLUE scripts (microsoft/LoRA examples/NLU) set none
-    lora_targets: str = "query,value"
-    prompt_length: int = 20  # virtual tokens of prompt tuning (MethodConfig explains the defaults)
-    prefix_length: int = 20  # prefix positions per layer of prefix tuning
-    prefix_hidden: int = 512  # width of prefix tuning's reparameterisation MLP
+    options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)  # the method and its options
 
-    def method_config(self) -> "adapters.MethodConfig":
-        return adapters.MethodConfig(
-            method=self.method, adapter_size=self.adapter_size, adapter_placement=self.adapter_placement,
-            lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-            lora_targets=tuple(t for t in self.lora_targets.split(",") if t), prompt_length=self.prompt_length,
-            prefix_length=self.prefix_length, prefix_hidden=self.prefix_hidden)
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    def record(self) -> dict:
+        """results.json's "config": every flag's value, the method's options flattened beside the
+        run's (a tuple as the comma list the flag takes)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        method = {f.name: getattr(self.options, f.name) for f in fields(self.options)}
+        return {**own, **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in method.items()}}
+
+
+CHOICES = {"task": sorted(glue.TASKS), "amp": AMP_CHOICES, "pooling": ("cls", "mean"),
+           "adapter_placement": tuple(adapters.ADAPTER_SLOTS), "adapter_act": tuple(ACTIVATIONS)}
+TYPES = {"method": method_flag}  # hybrids: not a fixed list of choices
+
+
+def comma_list(text: str) -> tuple:
+    return tuple(t for t in text.split(",") if t)
+
+
+def field_help(cls) -> dict:
+    """{field: the comment on its line} from the dataclass's source: a field's comment is its --help."""
+    return dict(re.findall(r"^    (\w+): [^#\n]+#\s*(.+)$", textwrap.dedent(inspect.getsource(cls)), flags=re.M))
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, skip=()):
+    """One flag per field of the dataclass `cls`, of the field's type: bools switch on and off
+    (--compile, --no-compile), tuples take a comma list."""
+    helps = field_help(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        if f.name not in helps:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a comment on its line: it is the flag's --help")
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        if f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps[f.name])
+            continue
+        kind = TYPES.get(f.name) or (comma_list if f.type is tuple else f.type)
+        shown = ",".join(default) if f.type is tuple else default
+        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
+                            help=f"{helps[f.name]} (default: {shown!s})")
 
 
 def parse_args(argv=None) -> TrainConfig:
     """CLI -> TrainConfig; every bad value is an error before anything loads."""
     p = argparse.ArgumentParser(prog="train.py", description="Fine-tune BERT on one GLUE task with one method.")
-    choices = {"task": sorted(glue.TASKS), "amp": ["auto", "bf16", "fp16", "off"],
-               "pooling": ["cls", "mean"], "adapter_placement": ["houlsby", "pfeiffer"]}
-    types = {"method": method_flag}  # hybrids: not a fixed list of choices
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            p.add_argument(flag, action="store_true")
-        else:
-            p.add_argument(flag, type=types.get(f.name, type(f.default)), default=f.default,
-                           choices=choices.get(f.name))
-    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    add_flags(p, TrainConfig, skip=("options",))
+    add_flags(p, adapters.MethodConfig)
+    args = vars(p.parse_args(argv))
+    options = {f.name: args.pop(f.name) for f in fields(adapters.MethodConfig)}
+    cfg = TrainConfig(**args, options=adapters.MethodConfig(**options))
     checks = [(0 < cfg.frac <= 1, f"--frac must be in (0, 1], got {cfg.frac}"),
               (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
               (cfg.time_budget >= 0, f"--time-budget must be positive minutes (0 = none), got {cfg.time_budget}"),
@@ -109,7 +143,7 @@ def parse_args(argv=None) -> TrainConfig:
         if not ok:
             p.error(message)
     try:
-        cfg.method_config().validate()
+        cfg.options.validate()
     except ValueError as e:
         p.error(str(e))
     cfg.lr = cfg.lr or default_lr(cfg.method)
