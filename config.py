@@ -74,13 +74,14 @@ class TrainConfig:
     prompt_length: int = 20  # virtual tokens of prompt tuning (MethodConfig explains the defaults)
     prefix_length: int = 20  # prefix positions per layer of prefix tuning
     prefix_hidden: int = 512  # width of prefix tuning's reparameterisation MLP
+    train_pooler: bool = False  # also train BERT's pretrained pooler ([CLS] pooling); frozen by default
 
     def method_config(self) -> "adapters.MethodConfig":
         return adapters.MethodConfig(
             method=self.method, adapter_size=self.adapter_size, adapter_placement=self.adapter_placement,
             lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
             lora_targets=tuple(t for t in self.lora_targets.split(",") if t), prompt_length=self.prompt_length,
-            prefix_length=self.prefix_length, prefix_hidden=self.prefix_hidden)
+            prefix_length=self.prefix_length, prefix_hidden=self.prefix_hidden, train_pooler=self.train_pooler)
 
 
 def parse_args(argv=None) -> TrainConfig:

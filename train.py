@@ -159,7 +159,7 @@ def main(argv=None):
                                        verbose=dist.is_main())
     method = cfg.method_config()
     trainable = adapters.apply_method(model, method)
-    report = audit.audit(model, trainable, cfg.method)
+    report = audit.audit(model, trainable, cfg.method, method.train_pooler)
     if dist.is_main():
         print(report.table())
     if cfg.audit:
@@ -201,6 +201,10 @@ def main(argv=None):
         state = torch.load(out / "resume.pt", weights_only=True)
         start_epoch, step, results = state["epoch"], state["step"], json.loads(state["results"])
         named = dict(trainable)
+        if set(state["trainable"]) != set(named):  # e.g. started before the pooler was frozen: --train-pooler
+            raise ValueError(f"{out / 'resume.pt'} holds another trainable set: in the file only "
+                             f"{sorted(set(state['trainable']) - set(named))[:4]}, in this run only "
+                             f"{sorted(set(named) - set(state['trainable']))[:4]}")
         for name, tensor in state["trainable"].items():
             named[name].data.copy_(tensor)
         optimizer.load_state_dict(state["optimizer"])
