@@ -242,7 +242,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
         if not any(re.search(pattern, n) for n, _ in params):
             why = " (train_pooler, but this model has no pooler: pooling 'mean')" \
                 if part == "pooler" and model.config.pooling != "cls" else ""
-            raise ValueError(f"method {cfg.method!r}: pattern {pattern!r} of {part!r} claims no parameter "
+            raise ValueError(f"method {cfg.method!r}: pattern r'{pattern}' of {part!r} claims no parameter "
                              f"of this model{why}; fix adapters.TRAINABLE or the method's options")
     trains = {n: any(re.search(p, n) for _, p in patterns) for n, _ in params}
     # Independent of the patterns: what the method inserted exists only to be trained.

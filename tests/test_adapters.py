@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -15,8 +16,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from adapters import METHODS, TRAINABLE, Adapter, MethodConfig, add_adapters, apply_method
+import adapters
+from adapters import METHODS, POOLER, TRAINABLE, Adapter, MethodConfig, add_adapters, apply_method
 from audit import GROUPS, assert_frozen, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
+from config import parse_args
 from saving import export_merged, load_trainable, save_trainable
 from lora import LORA_TARGETS, LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora
 from model import BertConfig, BertForSequenceClassification, count_params, load_pretrained
@@ -69,30 +72,37 @@ def hand_added(d, method, m=64, slots=2, r=8, targets=("query", "value")):
     return 0
 
 
-def hand_count(d, method, pooling, labels=2, **added):
+def hand_count(d, method, pooling, labels=2, train_pooler=False, **added):
+    """Trainable parameters from the dimensions alone. The pooler (dense H -> H, [CLS] only) is
+    backbone: it trains under full, its bias under bitfit, all of it with train_pooler."""
     H, I, L, V, P, T = d["H"], d["I"], d["L"], d["V"], d["P"], d["T"]
-    head = H * labels + labels + (H * H + H if pooling == "cls" else 0)  # classifier (+ pooler dense)
-    biases = L * (4 * H + I + H + 2 * H) + H  # q,k,v,attn-out; FFN in, out; two LayerNorms; embedding LN
+    head = H * labels + labels  # the classifier
+    pooler_w, pooler_b = (H * H, H) if pooling == "cls" else (0, 0)
+    biases = L * (4 * H + I + H + 2 * H) + H + pooler_b  # q,k,v,attn-out; FFN in, out; 2 LNs; emb. LN; pooler
     layernorms = L * 2 * 2 * H + 2 * H  # weight + bias of 2 LayerNorms per layer, plus the embedding LN
     if method == "full":
         layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
-        return (V + P + T) * H + 2 * H + L * layer + head
+        return (V + P + T) * H + 2 * H + L * layer + pooler_w + pooler_b + head
     if method == "bitfit":
-        return biases + head
+        return biases + head + (pooler_w if train_pooler else 0)
+    pooler = pooler_w + pooler_b if train_pooler else 0
     if method == "adapter":
-        return hand_added(d, method, **added) + layernorms + head
+        return hand_added(d, method, **added) + layernorms + head + pooler
     if method == "lora":
-        return hand_added(d, method, **added) + head
-    return head
+        return hand_added(d, method, **added) + head + pooler
+    return head + pooler
 
 
 VARIANTS = [(MethodConfig(m), {}) for m in CORE] + [
     (MethodConfig("adapter", adapter_size=8, adapter_placement="pfeiffer"), dict(m=8, slots=1)),
-    (MethodConfig("lora", lora_r=4, lora_targets=ALL_TARGETS), dict(r=4, targets=ALL_TARGETS))]
+    (MethodConfig("lora", lora_r=4, lora_targets=ALL_TARGETS), dict(r=4, targets=ALL_TARGETS))] + [
+    (MethodConfig(m, train_pooler=True), dict(train_pooler=True)) for m in ("bitfit", "lora", "head")]
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("cfg,kw", VARIANTS, ids=lambda v: getattr(v, "method", ""))
+@pytest.mark.parametrize("pooling,cfg,kw", [(pooling, cfg, kw) for pooling in POOLINGS for cfg, kw in VARIANTS
+                                             if pooling == "cls" or not cfg.train_pooler],  # mean: no pooler
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={len(x) if isinstance(x, tuple) else x}" for k, x in v.items())
+                         if isinstance(v, dict) else v.method)
 def test_minilm_counts_by_hand(minilm, pooling, cfg, kw):
     model = copy.deepcopy(minilm[pooling][0])
     c = model.config
@@ -101,18 +111,70 @@ def test_minilm_counts_by_hand(minilm, pooling, cfg, kw):
     trainable = apply_method(model, cfg)
     a = audit(model, trainable, cfg.method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == hand_count(MINILM, cfg.method, pooling, **kw)
-    assert a.total == count_params(model) == hand_count(MINILM, "full", pooling) + hand_added(MINILM, cfg.method, **kw)
+    added = {k: v for k, v in kw.items() if k != "train_pooler"}
+    assert a.total == count_params(model) == hand_count(MINILM, "full", pooling) + hand_added(MINILM, cfg.method, **added)
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("pooling,train_pooler", [("mean", False), ("cls", False), ("cls", True)])
 @pytest.mark.parametrize("method", CORE)
-def test_bert_base_counts_by_hand(pooling, method):
+def test_bert_base_counts_by_hand(pooling, method, train_pooler):
     with torch.device("meta"):  # counts depend on shapes only: no memory, no init
         model = BertForSequenceClassification(BertConfig(pooling=pooling))
-    trainable = apply_method(model, MethodConfig(method))
-    assert sum(p.numel() for _, p in trainable) == hand_count(BERT_BASE, method, pooling)
+    trainable = apply_method(model, MethodConfig(method, train_pooler=train_pooler))
+    assert sum(p.numel() for _, p in trainable) == hand_count(BERT_BASE, method, pooling, train_pooler=train_pooler)
     if method == "full":
         assert hand_count(BERT_BASE, "full", "cls") == 109_483_778  # bert-base-uncased 109,482,240 + 2-way head
+
+
+# The issue's figures (MiniLM, [CLS] pooling, 2 labels), typed in: a check on the formulas above too.
+ISSUE_COUNTS = {"full": 22_713_986, "bitfit": 26_882, "lora": 74_498, "head": 770, "adapter": 605_954,
+                "ia3": 14_594, "bitfit+lora": 100_610, "bitfit --train-pooler": 174_338}
+
+
+def test_minilm_cls_counts_as_the_papers_define_them(minilm):
+    for name, expected in ISSUE_COUNTS.items():
+        method, *flag = name.split()
+        model = copy.deepcopy(minilm["cls"][0])
+        trainable = apply_method(model, MethodConfig(method, train_pooler=bool(flag)))
+        assert sum(p.numel() for _, p in trainable) == expected, name
+        if "full" not in method and "bitfit" not in method:  # the pooler is backbone: frozen, weight and bias
+            assert not any(n.startswith("bert.pooler.") for n, _ in trainable), name
+    names = {n for n, _ in apply_method(copy.deepcopy(minilm["cls"][0]), MethodConfig("bitfit"))}
+    assert "bert.pooler.dense.bias" in names and "bert.pooler.dense.weight" not in names  # a bias like any other
+    assert hand_count(MINILM, "bitfit", "cls", train_pooler=True) == ISSUE_COUNTS["bitfit --train-pooler"]
+
+
+def test_train_pooler_flag():
+    assert parse_args(["--method", "lora", "--train-pooler"]).method_config().train_pooler is True
+    assert parse_args(["--method", "lora"]).method_config().train_pooler is False
+
+
+# --------------------------------------------------------- checks that can fail: the table itself
+def test_pattern_that_claims_nothing_raises(tiny_config, monkeypatch):
+    """A typo in a row used to leave only the head training, silently; now apply_method names it."""
+    model = tiny(tiny_config, "cls")
+    monkeypatch.setitem(TRAINABLE, "lora", (r"\.lora[AB]$",) + adapters.HEAD)  # "_" dropped
+    typo = re.escape(r"method 'lora': pattern r'\.lora[AB]$' of 'lora' claims no parameter")
+    with pytest.raises(ValueError, match=typo):
+        apply_method(model, MethodConfig("lora"))
+    assert all(p.requires_grad for p in model.parameters())  # raised before any flag was set
+    with pytest.raises(ValueError, match=r"method 'bitfit\+lora': pattern .* of 'lora' claims no parameter"):
+        apply_method(tiny(tiny_config, "cls"), MethodConfig("bitfit+lora"))  # in a hybrid too
+    monkeypatch.setitem(TRAINABLE, "lora", (r"\.lora_A$",) + adapters.HEAD)  # claims something, not all
+    with pytest.raises(ValueError, match=r"method 'lora': parameters it inserted .* would stay frozen: "
+                                         r"\['bert\.encoder\.layer\.0\.attention\.self\.query\.lora_B'"):
+        apply_method(tiny(tiny_config, "cls"), MethodConfig("lora"))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"of 'pooler' claims no parameter .*no pooler: pooling 'mean'"):
+        apply_method(tiny(tiny_config, "mean"), MethodConfig("bitfit", train_pooler=True))
+    assert len(apply_method(tiny(tiny_config, "cls"), MethodConfig("lora"))) == 2 * 2 * 2 + 2  # the real row
+
+
+def test_every_pattern_claims_a_parameter_in_every_method(tiny_config):
+    """No pattern in force is dead weight, under either pooling, alone or in a hybrid."""
+    for pooling in POOLINGS:
+        for method in METHODS + ("adapter+bitfit+ia3+prefix+prompt",):
+            apply_method(tiny(tiny_config, pooling), MethodConfig(method, train_pooler=pooling == "cls"))
 
 
 # ------------------------------------------------------- one large step: frozen stays, trainable moves
@@ -245,7 +307,7 @@ def test_merge_unmerge(minilm):
 
 # ------------------------------------------------------------------------------- audit, optimizer
 def test_audit_groups_and_table(minilm):
-    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3"},
+    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3", "pooler"},
                        "bitfit": {"biases", "head"},
                        "adapter": {"adapters", "LayerNorm", "biases", "head"}, "lora": {"LoRA", "head"},
                        "head": {"head"}}
@@ -263,6 +325,12 @@ def test_audit_groups_and_table(minilm):
         model.bert.embeddings.word_embeddings.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="requires_grad"):
         audit(model, trainable)
+    model = copy.deepcopy(minilm["cls"][0])  # under [CLS] the pooler is a group of its own
+    for cfg, pooler_trains in ((MethodConfig("lora"), 0), (MethodConfig("bitfit"), 384),
+                               (MethodConfig("lora", train_pooler=True), 384 * 384 + 384)):
+        m = copy.deepcopy(model)
+        rows = {g: (t, n) for g, t, n in audit(m, apply_method(m, cfg), cfg.method).rows}
+        assert rows["pooler"] == (pooler_trains, 384 * 384 + 384) and rows["head"] == (770, 770)
 
 
 def test_groups_are_disjoint_and_cover(tiny_config):
@@ -278,7 +346,7 @@ def test_groups_are_disjoint_and_cover(tiny_config):
 
 
 def test_patterns_are_anchored():
-    patterns = [p for ps in TRAINABLE.values() for p in ps] + [p for _, p in GROUPS]
+    patterns = [p for ps in TRAINABLE.values() for p in ps] + [p for _, p in GROUPS] + list(POOLER)
     assert [p for p in patterns if not (p.startswith("^") or p.endswith("$"))] == []
     assert set(TRAINABLE) == set(METHODS)
 
@@ -330,15 +398,15 @@ def test_adapter_placement_and_twice(tiny_config):
 
 # --------------------------------------------------------------------------------- checkpoints
 def expected_keys(method, pooling, L=6):
-    head = {"classifier.weight", "classifier.bias"}
-    head |= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} if pooling == "cls" else set()
+    head = {"classifier.weight", "classifier.bias"}  # the pooler is backbone: only bitfit saves its bias
     layer = [f"bert.encoder.layer.{i}." for i in range(L)]
     if method == "lora":
         return head | {f"{p}attention.self.{t}.lora_{x}" for p in layer for t in ("query", "value") for x in "AB"}
     if method == "bitfit":
         mods = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                 "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
-        return head | {"bert.embeddings.LayerNorm.bias"} | {f"{p}{m}.bias" for p in layer for m in mods}
+        pooler = {"bert.pooler.dense.bias"} if pooling == "cls" else set()
+        return head | pooler | {"bert.embeddings.LayerNorm.bias"} | {f"{p}{m}.bias" for p in layer for m in mods}
     if method == "adapter":
         lns = {f"bert.embeddings.LayerNorm.{w}" for w in ("weight", "bias")}
         lns |= {f"{p}{m}.LayerNorm.{w}" for p in layer for m in ("attention.output", "output")
@@ -393,6 +461,34 @@ def test_load_errors_name_the_key(minilm, tmp_path):
     save_trainable(model, trainable, cfg, tmp_path / "moved.safetensors", {})
     with pytest.raises(ValueError, match="frozen tensors"):
         load_trainable(tmp_path / "moved.safetensors")
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_checkpoint_from_before_the_frozen_pooler_loads_as_it_trained(minilm, tmp_path, pooling):
+    """A file saved when every method trained the pooler under [CLS] has no train_pooler in its
+    method_config: it loads with train_pooler = (pooling == "cls"), the set it was trained with."""
+    model = copy.deepcopy(minilm[pooling][0])
+    cfg = MethodConfig("lora", lora_r=4, train_pooler=pooling == "cls")  # the old semantics' trainable set
+    trainable = apply_method(model, cfg)
+    with torch.no_grad():  # trained-looking values, cheaper than a step
+        for _, p in trainable:
+            p.add_(torch.randn_like(p), alpha=0.01)
+    save_trainable(model, trainable, cfg, tmp_path / "new.safetensors", {"task": "MRPC"})
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as f:
+        header = f.metadata()
+    tensors, raw = load_file(str(tmp_path / "new.safetensors")), json.loads(header["method_config"])
+    assert ("bert.pooler.dense.weight" in tensors) == (pooling == "cls")
+    del raw["train_pooler"]  # what the old code wrote
+    save_file(tensors, str(tmp_path / "old.safetensors"), {**header, "method_config": json.dumps(raw)})
+    loaded, _, meta = load_trainable(tmp_path / "old.safetensors")
+    assert meta["method_config"]["train_pooler"] is (pooling == "cls")
+    ids, mask, _ = batch(30522)
+    assert torch.equal(logits(loaded, ids, mask), logits(model, ids, mask))
+    if pooling == "cls":  # read with today's default instead, the file would not fit: the rule matters
+        save_file(tensors, str(tmp_path / "wrong.safetensors"),
+                  {**header, "method_config": json.dumps({**raw, "train_pooler": False})})
+        with pytest.raises(ValueError, match="frozen tensors"):
+            load_trainable(tmp_path / "wrong.safetensors")
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)

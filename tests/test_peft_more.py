@@ -49,11 +49,13 @@ def logits(model, ids, mask, types=None):
 
 
 # ------------------------------------------------------------------------- counts by hand
-def hand_count(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merged=False):
-    """Trainable parameters of a method (a hybrid: of the union), from the dimensions alone."""
+def hand_count(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merged=False, train_pooler=False):
+    """Trainable parameters of a method (a hybrid: of the union), from the dimensions alone. The
+    pooler ([CLS] only) is backbone: bitfit trains its bias, train_pooler its weight and bias."""
     H, I, L = d["H"], d["I"], d["L"]
-    head = H * labels + labels + (H * H + H if pooling == "cls" else 0)  # classifier (+ pooler dense)
-    biases = L * (4 * H + I + H + 2 * H) + H  # q,k,v,attn-out; FFN in, out; two LayerNorms; embedding LN
+    head = H * labels + labels  # the classifier
+    pooler_w, pooler_b = (H * H, H) if pooling == "cls" else (0, 0)
+    biases = L * (4 * H + I + H + 2 * H) + H + pooler_b  # q,k,v,attn-out; FFN in, out; 2 LNs; emb. LN; pooler
     ln_gains = L * 2 * H + H  # LayerNorm weights; their biases are in `biases`
     own = {
         "prompt": V * H,  # V vectors of size H
@@ -64,11 +66,13 @@ def hand_count(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merge
         "bitfit": 0,
     }
     parts = method.split("+")
-    n = sum(own[p] for p in parts) + head
+    n = sum(own[p] for p in parts) + head + (pooler_w if train_pooler else 0)
     if "bitfit" in parts:
-        n += biases  # every backbone bias, the LayerNorms' included
-    elif "adapter" in parts:
-        n += L * 2 * H + H  # the LayerNorms' biases
+        n += biases  # every backbone bias, the LayerNorms' and the pooler's included
+    else:
+        n += pooler_b if train_pooler else 0
+        if "adapter" in parts:
+            n += L * 2 * H + H  # the LayerNorms' biases
     return n
 
 
@@ -85,6 +89,7 @@ def test_hand_count_matches_the_old_formulas():
     H, I, L = 384, 1536, 6
     assert hand_count(MINILM, "bitfit+lora", "mean") == L * (4 * H + I + 3 * H) + H + L * 4 * 8 * H + 2 * H + 2
     assert hand_count(MINILM, "adapter+bitfit", "mean") == 626_690  # hand-added below: 595,200 + 4,992 + 25,728 + 770
+    assert hand_count(MINILM, "bitfit+lora", "cls") == 100_610  # issue 14's figure: + the pooler's bias
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -101,13 +106,13 @@ def test_minilm_counts_by_hand(minilm, pooling, method, kw):
         assert a.total == count_params(model) == count_params(minilm[pooling][0]) + hand_added(MINILM, method, **kw)
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("pooling,train_pooler", [("mean", False), ("cls", False), ("cls", True)])
 @pytest.mark.parametrize("method", NEW + ("bitfit+lora", "adapter+bitfit"))
-def test_bert_base_counts_by_hand(pooling, method):
+def test_bert_base_counts_by_hand(pooling, method, train_pooler):
     with torch.device("meta"):  # counts depend on shapes only: no memory, no init
         model = BertForSequenceClassification(BertConfig(pooling=pooling))
-    trainable = apply_method(model, MethodConfig(method))
-    assert sum(p.numel() for _, p in trainable) == hand_count(BERT_BASE, method, pooling)
+    trainable = apply_method(model, MethodConfig(method, train_pooler=train_pooler))
+    assert sum(p.numel() for _, p in trainable) == hand_count(BERT_BASE, method, pooling, train_pooler=train_pooler)
     if method == "prefix":  # 20 x 768 + 768 x 512 + 512 + 512 x 18,432 + 18,432
         assert hand_count(BERT_BASE, "prefix", "mean") - 1538 == 9_864_704
 
@@ -155,9 +160,10 @@ def test_hybrid_flags_and_learning_rate(capsys):
     assert "prompt_length, prefix_length and prefix_hidden must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("train_pooler", (False, True))
 @pytest.mark.parametrize("method", HYBRIDS)
-def test_hybrid_trains_the_union_of_its_parts(tiny_config, method):
-    cfg = MethodConfig(method, adapter_size=4, **SMALL)
+def test_hybrid_trains_the_union_of_its_parts(tiny_config, method, train_pooler):
+    cfg = MethodConfig(method, adapter_size=4, train_pooler=train_pooler, **SMALL)
     hybrid = tiny(tiny_config, "cls")
     names = {n for n, _ in apply_method(hybrid, cfg)}
     union = set()
@@ -165,8 +171,9 @@ def test_hybrid_trains_the_union_of_its_parts(tiny_config, method):
         alone = tiny(tiny_config, "cls")
         union |= {n for n, _ in apply_method(alone, dataclasses.replace(cfg, method=part))}
     assert names == union
-    a = audit(hybrid, trainable_params(hybrid), method)
+    a = audit(hybrid, trainable_params(hybrid), method, train_pooler)
     parts = {p: (claimed, alone) for p, claimed, alone in a.parts}
+    assert ("pooler" in parts) == train_pooler  # the pooler's pattern is a part of its own
     assert sum(alone for p, (_, alone) in parts.items()) == a.trainable  # alone + shared cover the union once
     assert parts["shared"][0] >= sum(p.numel() for n, p in hybrid.named_parameters() if n.startswith("classifier."))
     assert "part" in a.table() and "shared" in a.table()
@@ -342,8 +349,7 @@ def test_prompt_padding_step_and_checkpoint(minilm, tmp_path, pooling):
         short = logits(model, ids[1:, :8], mask[1:, :8])  # the padded row without its padding
         torch.testing.assert_close(short, ref[1:], atol=1e-5, rtol=1e-5)
     save_trainable(model, trainable, cfg, tmp_path / "p.safetensors", {})
-    expected = {"bert.embeddings.prompt.weight", "classifier.weight", "classifier.bias"}
-    expected |= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} if pooling == "cls" else set()
+    expected = {"bert.embeddings.prompt.weight", "classifier.weight", "classifier.bias"}  # the pooler is frozen
     assert set(load_file(str(tmp_path / "p.safetensors"))) == expected
     loaded, _, _ = load_trainable(tmp_path / "p.safetensors")
     assert torch.equal(logits(loaded, ids, mask), ref)
