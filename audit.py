@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from adapters import method_parts, method_patterns
+from adapters import method_patterns
 from ia3 import ia3_layers
 from lora import lora_layers
 
@@ -93,9 +93,11 @@ def hybrid_parts(trainable: list, method: str, train_pooler: bool = False) -> li
     With train_pooler the pooler's pattern is a part of its own, "pooler"."""
     if not method or "+" not in method:
         return []
-    patterns = method_patterns(method, train_pooler)
-    parts = list(dict.fromkeys(part for part, _ in patterns))
-    claims = [(p.numel(), [part for part in parts if any(re.search(pat, n) for q, pat in patterns if q == part)])
+    rows_of = {}  # part -> its patterns, in order
+    for part, pattern in method_patterns(method, train_pooler):
+        rows_of.setdefault(part, []).append(pattern)
+    parts = list(rows_of)
+    claims = [(p.numel(), [part for part in parts if any(re.search(pat, n) for pat in rows_of[part])])
               for n, p in trainable]
     rows = [(part, sum(k for k, c in claims if part in c), sum(k for k, c in claims if c == [part])) for part in parts]
     shared = sum(k for k, c in claims if len(c) > 1)

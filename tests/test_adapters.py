@@ -101,8 +101,8 @@ VARIANTS = [(MethodConfig(m), {}) for m in CORE] + [
 
 @pytest.mark.parametrize("pooling,cfg,kw", [(pooling, cfg, kw) for pooling in POOLINGS for cfg, kw in VARIANTS
                                              if pooling == "cls" or not cfg.train_pooler],  # mean: no pooler
-                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={len(x) if isinstance(x, tuple) else x}" for k, x in v.items())
-                         if isinstance(v, dict) else v.method)
+                         ids=lambda v: v if isinstance(v, str) else v.method if isinstance(v, MethodConfig) else
+                         ",".join(f"{k}={len(x) if isinstance(x, tuple) else x}" for k, x in v.items()))
 def test_minilm_counts_by_hand(minilm, pooling, cfg, kw):
     model = copy.deepcopy(minilm[pooling][0])
     c = model.config
@@ -111,8 +111,8 @@ def test_minilm_counts_by_hand(minilm, pooling, cfg, kw):
     trainable = apply_method(model, cfg)
     a = audit(model, trainable, cfg.method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == hand_count(MINILM, cfg.method, pooling, **kw)
-    added = {k: v for k, v in kw.items() if k != "train_pooler"}
-    assert a.total == count_params(model) == hand_count(MINILM, "full", pooling) + hand_added(MINILM, cfg.method, **added)
+    added = hand_added(MINILM, cfg.method, **{k: v for k, v in kw.items() if k != "train_pooler"})
+    assert a.total == count_params(model) == hand_count(MINILM, "full", pooling) + added
 
 
 @pytest.mark.parametrize("pooling,train_pooler", [("mean", False), ("cls", False), ("cls", True)])
