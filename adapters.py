@@ -240,10 +240,10 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
     # each part's row is checked against the whole model, so claims shared with another part count.
     for part, pattern in patterns:
         if not any(re.search(pattern, n) for n, _ in params):
-            why = " (train_pooler, but this model has no pooler: pooling 'mean')" \
-                if part == "pooler" and model.config.pooling != "cls" else ""
+            fix = "this model has no pooler (pooling 'mean'): drop train_pooler or use [CLS] pooling" \
+                if part == "pooler" and model.config.pooling != "cls" else "fix adapters.TRAINABLE or the options"
             raise ValueError(f"method {cfg.method!r}: pattern r'{pattern}' of {part!r} claims no parameter "
-                             f"of this model{why}; fix adapters.TRAINABLE or the method's options")
+                             f"of this model; {fix}")
     trains = {n: any(re.search(p, n) for _, p in patterns) for n, _ in params}
     # Independent of the patterns: what the method inserted exists only to be trained.
     frozen_new = [n for n, _ in params if n not in before and not trains[n]]
