@@ -2,7 +2,8 @@
 that everything else stayed frozen.
 
   full    every parameter trains.
-  bitfit  every bias term plus the task head (Ben Zaken et al., 2022, "BitFit", sec. 3).
+  bitfit  every bias term (the pooler's included) plus the task head (Ben Zaken et al., 2022,
+          "BitFit", sec. 3).
   adapter bottleneck adapters in the layers' adapter slots, plus every LayerNorm and the task head
           (Houlsby et al., 2019, "Parameter-Efficient Transfer Learning for NLP", sec. 2.1).
   lora    low-rank updates of chosen Linear layers plus the task head (Hu et al., 2021; lora.py).
@@ -17,14 +18,17 @@ Hybrids combine methods by name, `bitfit+lora`: the parts' modules are all inser
 set is the union of their rows of TRAINABLE (the "hybrid" family of Xu et al.'s PEFT survey, 2023,
 arXiv 2312.12148). The name is canonical with its parts sorted; `full` and `head` stand alone.
 
-The task head is `classifier` plus `bert.pooler` when pooling is "cls"; under "mean" the model has no
-pooler, so the head is the classifier alone. (adapter-bert, Houlsby's code, keeps the pretrained pooler
-frozen; we train it with the head in every method so that methods differ only in the backbone.)
+The task head is the new `classifier` alone. BERT's pretrained pooler (`bert.pooler.dense`, [CLS]
+pooling only) is backbone, as each method's paper and reference code treat it: frozen for every method
+but `full`, and BitFit trains its bias as it trains every bias. (BitFit, sec. 3: the biases and the
+classifier; adapter-bert keeps the pooler frozen; PEFT's LoRA for sequence classification saves only the
+classifier.) `MethodConfig.train_pooler` adds the pooler's weight and bias to any method (POOLER).
 
-The whole trainable set of a method is one row of TRAINABLE: anchored regexes over parameter names.
-`apply_method` is the one function that sets requires_grad, on every parameter, and returns the
-(name, parameter) list that the optimizer, the audit (audit.py) and the trainable-only checkpoints
-(saving.py) are all built from.
+The whole trainable set of a method is one row of TRAINABLE (plus POOLER when asked): anchored regexes
+over parameter names. `apply_method` is the one function that sets requires_grad, on every parameter,
+and returns the (name, parameter) list that the optimizer, the audit (audit.py) and the trainable-only
+checkpoints (saving.py) are all built from. It raises when a pattern in force claims no parameter (a
+typo would otherwise train nothing silently) and when a parameter the method inserted stays frozen.
 """
 import json
 import re
@@ -64,6 +68,7 @@ class MethodConfig:
           table-to-text; 20 is PEFT's usual num_virtual_tokens.
       prefix_hidden 512: the reparameterisation MLP's width (sec. 4.3), the reference code's mid_dim
           (XiangLi1999/PrefixTuning).
+      train_pooler False: the methods' papers keep BERT's pretrained pooler frozen (the module docstring).
     """
     method: str = "full"  # one of METHODS, or a hybrid of several joined by "+" ("bitfit+lora")
     adapter_size: int = 64  # m, the adapters' bottleneck width
@@ -77,6 +82,7 @@ class MethodConfig:
     prompt_length: int = 20  # V, prompt tuning's virtual tokens
     prefix_length: int = 20  # P, prefix tuning's positions per layer
     prefix_hidden: int = 512  # width of prefix tuning's reparameterisation MLP
+    train_pooler: bool = False  # also train BERT's pretrained pooler ([CLS] pooling only; `full` trains it anyway)
 
     def __post_init__(self):
         self.method = canonical_method(self.method)  # "lora+bitfit" -> "bitfit+lora"; unknown names raise
@@ -184,9 +190,10 @@ def add_adapters(model: nn.Module, cfg: MethodConfig) -> list:
 
 
 # ------------------------------------------------------------------------- the trainable sets
-HEAD = (r"^classifier\.", r"^bert\.pooler\.")  # the task head; bert.pooler exists only under "cls"
+HEAD = (r"^classifier\.",)  # the task head: the new classifier's weight and bias
+POOLER = (r"^bert\.pooler\.dense\.(weight|bias)$",)  # pretrained backbone; trains only with train_pooler (or full)
 TRAINABLE = {  # method -> anchored regexes over parameter names; a parameter trains iff one matches
-    "full": (r"^.+$",),  # every parameter
+    "full": (r"^.+$",),  # every parameter, the pooler's included
     "bitfit": (r"\.bias$",) + HEAD,  # q/k/v/attn-out/FFN/LayerNorm/embedding-LN/pooler biases + head
     "adapter": (r"\.adapter\.(down|up)\.(weight|bias)$", r"\.LayerNorm\.(weight|bias)$") + HEAD,
     "lora": (r"\.lora_[AB]$",) + HEAD,
@@ -198,10 +205,16 @@ TRAINABLE = {  # method -> anchored regexes over parameter names; a parameter tr
 }
 
 
-def is_trainable(name: str, method: str) -> bool:
+def method_patterns(method: str, train_pooler: bool = False) -> list:
+    """[(part, pattern)] in force: each part's row of TRAINABLE, then ("pooler", POOLER) if asked."""
+    return [(part, p) for part in method_parts(method) for p in TRAINABLE[part]] + \
+        [("pooler", p) for p in (POOLER if train_pooler else ())]
+
+
+def is_trainable(name: str, method: str, train_pooler: bool = False) -> bool:
     """A hybrid trains the union: a parameter trains iff some part's row matches it. (bitfit's bias
     pattern also claims the biases of modules other parts add; the audit counts those as shared.)"""
-    return any(re.search(p, name) for part in method_parts(method) for p in TRAINABLE[part])
+    return any(re.search(p, name) for _, p in method_patterns(method, train_pooler))
 
 
 # ------------------------------------------------------------------ merging into the weights
@@ -239,9 +252,12 @@ def trainable_params(model: nn.Module) -> list:
 
 def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
     """Insert the method's modules (each part's, for a hybrid), set requires_grad True/False on every
-    parameter, and return the trainable [(name, parameter)]: the one list the optimizer is built from."""
+    parameter, and return the trainable [(name, parameter)]: the one list the optimizer is built from.
+    Raises, before any flag is set, if a pattern in force claims no parameter of the model, or if a
+    parameter the method inserted would stay frozen."""
     cfg.validate()
     parts = method_parts(cfg.method)
+    before = {n for n, _ in model.named_parameters()}
     if "adapter" in parts:
         add_adapters(model, cfg)
     if "lora" in parts:
@@ -253,13 +269,24 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
     if "prefix" in parts:
         add_prefix(model, cfg)
     params = list(model.named_parameters())
-    trainable, frozen = [], []
+    patterns = method_patterns(cfg.method, cfg.train_pooler)
+    # Every pattern in force must claim a parameter. No row holds a pattern that may rightly match
+    # nothing: each part's patterns name what that part always has (its inserted modules, the
+    # classifier, biases, LayerNorms), the pooler's pattern is in force only when train_pooler asks
+    # for it (so asking for it under mean pooling, which has no pooler, is an error), and in a hybrid
+    # each part's row is checked against the whole model, so claims shared with another part count.
+    for part, pattern in patterns:
+        if not any(re.search(pattern, n) for n, _ in params):
+            fix = "this model has no pooler (pooling 'mean'): drop train_pooler or use [CLS] pooling" \
+                if part == "pooler" and model.config.pooling != "cls" else "fix adapters.TRAINABLE or the options"
+            raise ValueError(f"method {cfg.method!r}: pattern r'{pattern}' of {part!r} claims no parameter "
+                             f"of this model; {fix}")
+    trains = {n: any(re.search(p, n) for _, p in patterns) for n, _ in params}
+    # Independent of the patterns: what the method inserted exists only to be trained.
+    frozen_new = [n for n, _ in params if n not in before and not trains[n]]
+    if frozen_new:
+        raise ValueError(f"method {cfg.method!r}: parameters it inserted match no pattern of its row and "
+                         f"would stay frozen: {frozen_new[:4]}{' ...' if len(frozen_new) > 4 else ''}")
     for name, p in params:
-        p.requires_grad_(is_trainable(name, cfg.method))
-        (trainable if p.requires_grad else frozen).append((name, p))
-    t_names, f_names = {n for n, _ in trainable}, {n for n, _ in frozen}
-    assert t_names | f_names == {n for n, _ in params}, "partition does not cover every parameter"
-    assert not t_names & f_names, f"trainable and frozen overlap: {sorted(t_names & f_names)}"
-    if not trainable:
-        raise ValueError(f"method {cfg.method!r} selects no parameter of this model")
-    return trainable
+        p.requires_grad_(trains[name])
+    return [(n, p) for n, p in params if trains[n]]

@@ -1,8 +1,8 @@
 """The audit of a method: what trains, grouped and counted, and the proof that nothing else moved.
 
 `audit` counts trainable / total parameters per group (embeddings, attention, FFN, LayerNorm,
-biases, adapters, LoRA, prompt, prefix, IA3, head) from the very list apply_method returned, and
-for hybrids what each part claims. `assert_optimizer_matches` checks, by identity, that the
+biases, adapters, LoRA, prompt, prefix, IA3, pooler, head) from the very list apply_method returned,
+and for hybrids what each part claims. `assert_optimizer_matches` checks, by identity, that the
 optimizer holds exactly that list. `fingerprint` hashes every frozen parameter and buffer before
 training; `verify_frozen` compares them bit for bit afterwards.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from adapters import is_trainable, mergeable_layers, method_parts
+from adapters import mergeable_layers, method_patterns
 
 GROUPS = (  # disjoint by construction: every parameter must match exactly one (checked in group_of)
     ("embeddings", r"^bert\.embeddings\.(word|position|token_type)_embeddings\.weight$"),
@@ -26,7 +26,8 @@ GROUPS = (  # disjoint by construction: every parameter must match exactly one (
     ("prompt", r"^bert\.embeddings\.prompt\.weight$"),
     ("prefix", r"^bert\.encoder\.prefix\."),  # the MLP and its embedding, or the merged prefixes
     ("IA3", r"\.ia3_l$"),
-    ("head", r"^(classifier|bert\.pooler)\."),  # classifier and pooler, weights and biases
+    ("pooler", r"^bert\.pooler\.dense\.(weight|bias)$"),  # BERT's pretrained pooler ([CLS] pooling only)
+    ("head", r"^classifier\.(weight|bias)$"),  # the task head
 )
 
 
@@ -63,9 +64,10 @@ class Audit:
         return "\n".join(out)
 
 
-def audit(model: nn.Module, trainable: list, method: str = "") -> Audit:
+def audit(model: nn.Module, trainable: list, method: str = "", train_pooler: bool = False) -> Audit:
     """Count trainable / total parameters per group from the list apply_method returned; asserts
-    that list is exactly the parameters with requires_grad."""
+    that list is exactly the parameters with requires_grad. train_pooler: MethodConfig's, for the
+    hybrids' parts table."""
     ids = {id(p) for _, p in trainable}
     flagged = {id(p) for p in model.parameters() if p.requires_grad}
     if ids != flagged:
@@ -76,16 +78,21 @@ def audit(model: nn.Module, trainable: list, method: str = "") -> Audit:
         row[0], row[1] = row[0] + (p.numel() if id(p) in ids else 0), row[1] + p.numel()
     rows = [(g, t, n) for g, (t, n) in counts.items() if n]
     return Audit(method, model.config.pooling, rows, sum(r[1] for r in rows), sum(r[2] for r in rows),
-                 checkpoint_size_bytes(trainable), hybrid_parts(trainable, method))
+                 checkpoint_size_bytes(trainable), hybrid_parts(trainable, method, train_pooler))
 
 
-def hybrid_parts(trainable: list, method: str) -> list:
+def hybrid_parts(trainable: list, method: str, train_pooler: bool = False) -> list:
     """What each part of a hybrid contributes: [(part, trainable params its row claims, those no other
-    part claims)], then ("shared", n, n) for the params several parts claim (the head at least)."""
+    part claims)], then ("shared", n, n) for the params several parts claim (the head at least).
+    With train_pooler the pooler's pattern is a part of its own, "pooler"."""
     if not method or "+" not in method:
         return []
-    parts = method_parts(method)
-    claims = [(p.numel(), [part for part in parts if is_trainable(n, part)]) for n, p in trainable]
+    rows_of = {}  # part -> its patterns, in order
+    for part, pattern in method_patterns(method, train_pooler):
+        rows_of.setdefault(part, []).append(pattern)
+    parts = list(rows_of)
+    claims = [(p.numel(), [part for part in parts if any(re.search(pat, n) for pat in rows_of[part])])
+              for n, p in trainable]
     rows = [(part, sum(k for k, c in claims if part in c), sum(k for k, c in claims if c == [part])) for part in parts]
     shared = sum(k for k, c in claims if len(c) > 1)
     return rows + [("shared", shared, shared)]

@@ -4,6 +4,10 @@ pretrained base, and export LoRA / (IA)^3 folded into a plain BERT checkpoint (H
 A save_trainable file is safetensors holding only the trainable tensors, with metadata naming the
 method and its options, the base model, task, label count, pooling, and a digest of the frozen
 weights, so that load_trainable refuses a base whose frozen weights differ.
+
+Files saved before the pooler became backbone (their method_config has no `train_pooler`) trained
+BERT's pooler with the head under [CLS] pooling: load_trainable reads them as train_pooler=True when
+their pooling is "cls", which is exactly the set they trained (old_method_config).
 """
 import hashlib
 import json
@@ -63,6 +67,16 @@ def load_trainable_tensors(model: nn.Module, trainable: list, path):
             target[k].copy_(t)
 
 
+def old_method_config(header: dict):
+    """The MethodConfig of a file saved before `train_pooler` existed, or None for a newer file. Then
+    every method trained the pooler with the head under [CLS] pooling, so such a file is read with
+    train_pooler = (pooling == "cls"): the same trainable set, the same frozen digest, the same outputs."""
+    raw = json.loads(header["method_config"])
+    if "train_pooler" in raw:
+        return None
+    return MethodConfig.from_json(json.dumps({**raw, "train_pooler": header["pooling"] == "cls"}))
+
+
 def load_trainable(path, device="cpu") -> tuple:
     """Rebuild (model, tokenizer, meta) from a save_trainable file: load_pretrained(base, num_labels,
     pooling), apply_method, check the frozen digest, load the trainable tensors."""
@@ -70,7 +84,7 @@ def load_trainable(path, device="cpu") -> tuple:
         header = f.metadata() or {}
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a save_trainable checkpoint (format {header.get('format')!r})")
-    cfg = MethodConfig.from_json(header["method_config"])
+    cfg = old_method_config(header) or MethodConfig.from_json(header["method_config"])
     model, tokenizer = load_pretrained(header["base_model"], num_labels=int(header["num_labels"]),
                                        pooling=header["pooling"], verbose=False)
     trainable = apply_method(model, cfg)

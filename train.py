@@ -52,7 +52,7 @@ def main(argv=None):
     model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
                                        verbose=dist.is_main())
     trainable = adapters.apply_method(model, cfg.options)
-    report = audit.audit(model, trainable, cfg.method)
+    report = audit.audit(model, trainable, cfg.method, cfg.options.train_pooler)
     if dist.is_main():
         print(report.table())
     if cfg.audit:
@@ -276,6 +276,10 @@ def load_resume(run: Run) -> int:
     state = torch.load(path, weights_only=True)
     run.step, run.results = state["step"], json.loads(state["results"])
     named = dict(run.trainable)
+    if set(state["trainable"]) != set(named):  # e.g. started before the pooler was frozen: --train-pooler
+        raise ValueError(f"{path} holds another trainable set: in the file only "
+                         f"{sorted(set(state['trainable']) - set(named))[:4]}, in this run only "
+                         f"{sorted(set(named) - set(state['trainable']))[:4]}")
     for name, tensor in state["trainable"].items():
         named[name].data.copy_(tensor)
     run.optimizer.load_state_dict(state["optimizer"])

@@ -64,11 +64,11 @@ def hf_model(ours, method_cfg):
         return peft.get_peft_model(ref, peft.LoraConfig(
             task_type="SEQ_CLS", r=method_cfg.lora_r, lora_alpha=method_cfg.lora_alpha,
             lora_dropout=method_cfg.lora_dropout, target_modules=list(method_cfg.lora_targets),
-            modules_to_save=["classifier", "pooler"]))
-    head = ("classifier.", "bert.pooler.")
+            modules_to_save=["classifier"] + (["pooler"] if method_cfg.train_pooler else [])))
+    head = ("classifier.",) + (("bert.pooler.",) if method_cfg.train_pooler else ())  # adapters.HEAD, POOLER
     for name, p in ref.named_parameters():
         p.requires_grad = (method == "full" or name.startswith(head)
-                           or (method == "bitfit" and name.endswith(".bias")))
+                           or (method == "bitfit" and name.endswith(".bias")))  # the pooler's bias too
     return ref
 
 

@@ -19,11 +19,13 @@ MINILM = dict(H=384, I=1536, L=6, V=30522, P=512, T=2)  # all-MiniLM-L6-v2's con
 BERT_BASE = dict(H=768, I=3072, L=12, V=30522, P=512, T=2)  # BertConfig() defaults
 
 
-def count_union(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merged=False):
-    """Trainable parameters of a method (a hybrid: of the union), from the dimensions alone."""
+def count_union(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merged=False, train_pooler=False):
+    """Trainable parameters of a method (a hybrid: of the union), from the dimensions alone. The
+    pooler ([CLS] only) is backbone: bitfit trains its bias, train_pooler its weight and bias."""
     H, I, L = d["H"], d["I"], d["L"]
-    head = H * labels + labels + (H * H + H if pooling == "cls" else 0)  # classifier (+ pooler dense)
-    biases = L * (4 * H + I + H + 2 * H) + H  # q,k,v,attn-out; FFN in, out; two LayerNorms; embedding LN
+    head = H * labels + labels  # the classifier
+    pooler_w, pooler_b = (H * H, H) if pooling == "cls" else (0, 0)
+    biases = L * (4 * H + I + H + 2 * H) + H + pooler_b  # q,k,v,attn-out; FFN in, out; 2 LNs; emb. LN; pooler
     ln_gains = L * 2 * H + H  # LayerNorm weights; their biases are in `biases`
     own = {
         "prompt": V * H,  # V vectors of size H
@@ -34,11 +36,13 @@ def count_union(d, method, pooling, V=20, P=20, h=512, r=8, m=64, labels=2, merg
         "bitfit": 0,
     }
     parts = method.split("+")
-    n = sum(own[p] for p in parts) + head
+    n = sum(own[p] for p in parts) + head + (pooler_w if train_pooler else 0)
     if "bitfit" in parts:
-        n += biases  # every backbone bias, the LayerNorms' included
-    elif "adapter" in parts:
-        n += L * 2 * H + H  # the LayerNorms' biases
+        n += biases  # every backbone bias, the LayerNorms' and the pooler's included
+    else:
+        n += pooler_b if train_pooler else 0
+        if "adapter" in parts:
+            n += L * 2 * H + H  # the LayerNorms' biases
     return n
 
 

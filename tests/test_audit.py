@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adapters import METHODS, TRAINABLE, MethodConfig, add_adapters, apply_method
+from adapters import METHODS, POOLER, TRAINABLE, MethodConfig, add_adapters, apply_method
 from audit import GROUPS, assert_optimizer_matches, audit, fingerprint, group_of, verify_frozen
 from helpers import ALL_TARGETS, CORE, NEW, SMALL, n_params, tiny
 from lora import add_lora
@@ -15,7 +15,7 @@ from prompts import merge_prefix
 
 
 def test_audit_groups_and_table(minilm):
-    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3"},
+    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3", "pooler"},
                        "bitfit": {"biases", "head"},
                        "adapter": {"adapters", "LayerNorm", "biases", "head"}, "lora": {"LoRA", "head"},
                        "head": {"head"}}
@@ -32,6 +32,12 @@ def test_audit_groups_and_table(minilm):
         model.bert.embeddings.word_embeddings.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="requires_grad"):
         audit(model, trainable)
+    model = copy.deepcopy(minilm["cls"][0])  # under [CLS] the pooler is a group of its own
+    for cfg, pooler_trains in ((MethodConfig("lora"), 0), (MethodConfig("bitfit"), 384),
+                               (MethodConfig("lora", train_pooler=True), 384 * 384 + 384)):
+        m = copy.deepcopy(model)
+        rows = {g: (t, n) for g, t, n in audit(m, apply_method(m, cfg), cfg.method).rows}
+        assert rows["pooler"] == (pooler_trains, 384 * 384 + 384) and rows["head"] == (770, 770)
 
 
 def test_groups_are_disjoint_and_cover(tiny_config):
@@ -57,7 +63,7 @@ def test_groups_are_disjoint_and_cover_every_new_module(tiny_config):
 
 
 def test_patterns_are_anchored():
-    patterns = [p for ps in TRAINABLE.values() for p in ps] + [p for _, p in GROUPS]
+    patterns = [p for ps in TRAINABLE.values() for p in ps] + [p for _, p in GROUPS] + list(POOLER)
     assert [p for p in patterns if not (p.startswith("^") or p.endswith("$"))] == []
     assert set(TRAINABLE) == set(METHODS)
 

@@ -92,3 +92,8 @@ def test_a_new_field_becomes_a_flag_and_needs_a_comment():
 
     with pytest.raises(TypeError, match="Silent.width needs a comment"):
         config.add_flags(argparse.ArgumentParser(), Silent)
+
+
+def test_train_pooler_flag():
+    assert parse_args(["--method", "lora", "--train-pooler"]).options.train_pooler is True
+    assert parse_args(["--method", "lora"]).options.train_pooler is False

@@ -5,12 +5,14 @@ Counts are computed here by hand from the architecture's dimensions, never read 
 """
 import copy
 import dataclasses
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters import (MethodConfig, apply_method, canonical_method, merge, mergeable_layers, method_parts,
+import adapters
+from adapters import (METHODS, TRAINABLE, MethodConfig, apply_method, canonical_method, merge, mergeable_layers, method_parts,
                       trainable_params, unmerge)
 from audit import audit, fingerprint, verify_frozen
 from helpers import (ALL_TARGETS, BERT_BASE, CORE, HYBRIDS, MINILM, NEW, POOLINGS, SMALL, batch, count_union,
@@ -31,30 +33,37 @@ def added_core(d, method, m=64, slots=2, r=8, targets=("query", "value")):
     return 0
 
 
-def count_core(d, method, pooling, labels=2, **added):
+def count_core(d, method, pooling, labels=2, train_pooler=False, **added):
+    """Trainable parameters from the dimensions alone. The pooler (dense H -> H, [CLS] only) is
+    backbone: it trains under full, its bias under bitfit, all of it with train_pooler."""
     H, I, L, V, P, T = d["H"], d["I"], d["L"], d["V"], d["P"], d["T"]
-    head = H * labels + labels + (H * H + H if pooling == "cls" else 0)  # classifier (+ pooler dense)
-    biases = L * (4 * H + I + H + 2 * H) + H  # q,k,v,attn-out; FFN in, out; two LayerNorms; embedding LN
+    head = H * labels + labels  # the classifier
+    pooler_w, pooler_b = (H * H, H) if pooling == "cls" else (0, 0)
+    biases = L * (4 * H + I + H + 2 * H) + H + pooler_b  # q,k,v,attn-out; FFN in, out; 2 LNs; emb. LN; pooler
     layernorms = L * 2 * 2 * H + 2 * H  # weight + bias of 2 LayerNorms per layer, plus the embedding LN
     if method == "full":
         layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
-        return (V + P + T) * H + 2 * H + L * layer + head
+        return (V + P + T) * H + 2 * H + L * layer + pooler_w + pooler_b + head
     if method == "bitfit":
-        return biases + head
+        return biases + head + (pooler_w if train_pooler else 0)
+    pooler = pooler_w + pooler_b if train_pooler else 0
     if method == "adapter":
-        return added_core(d, method, **added) + layernorms + head
+        return added_core(d, method, **added) + layernorms + head + pooler
     if method == "lora":
-        return added_core(d, method, **added) + head
-    return head
+        return added_core(d, method, **added) + head + pooler
+    return head + pooler
 
 
 VARIANTS = [(MethodConfig(m), {}) for m in CORE] + [
     (MethodConfig("adapter", adapter_size=8, adapter_placement="pfeiffer"), dict(m=8, slots=1)),
-    (MethodConfig("lora", lora_r=4, lora_targets=ALL_TARGETS), dict(r=4, targets=ALL_TARGETS))]
+    (MethodConfig("lora", lora_r=4, lora_targets=ALL_TARGETS), dict(r=4, targets=ALL_TARGETS))] + [
+    (MethodConfig(m, train_pooler=True), dict(train_pooler=True)) for m in ("bitfit", "lora", "head")]
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
-@pytest.mark.parametrize("cfg,kw", VARIANTS, ids=lambda v: getattr(v, "method", ""))
+@pytest.mark.parametrize("pooling,cfg,kw", [(pooling, cfg, kw) for pooling in POOLINGS for cfg, kw in VARIANTS
+                                             if pooling == "cls" or not cfg.train_pooler],  # mean: no pooler
+                         ids=lambda v: v if isinstance(v, str) else v.method if isinstance(v, MethodConfig) else
+                         ",".join(f"{k}={len(x) if isinstance(x, tuple) else x}" for k, x in v.items()))
 def test_minilm_counts_by_hand_core(minilm, pooling, cfg, kw):
     model = copy.deepcopy(minilm[pooling][0])
     c = model.config
@@ -63,18 +72,66 @@ def test_minilm_counts_by_hand_core(minilm, pooling, cfg, kw):
     trainable = apply_method(model, cfg)
     a = audit(model, trainable, cfg.method)
     assert a.trainable == sum(p.numel() for _, p in trainable) == count_core(MINILM, cfg.method, pooling, **kw)
-    assert a.total == n_params(model) == count_core(MINILM, "full", pooling) + added_core(MINILM, cfg.method, **kw)
+    added = added_core(MINILM, cfg.method, **{k: v for k, v in kw.items() if k != "train_pooler"})
+    assert a.total == n_params(model) == count_core(MINILM, "full", pooling) + added
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("pooling,train_pooler", [("mean", False), ("cls", False), ("cls", True)])
 @pytest.mark.parametrize("method", CORE)
-def test_bert_base_counts_by_hand_core(pooling, method):
+def test_bert_base_counts_by_hand_core(pooling, method, train_pooler):
     with torch.device("meta"):  # counts depend on shapes only: no memory, no init
         model = BertForSequenceClassification(BertConfig(pooling=pooling))
-    trainable = apply_method(model, MethodConfig(method))
-    assert sum(p.numel() for _, p in trainable) == count_core(BERT_BASE, method, pooling)
+    trainable = apply_method(model, MethodConfig(method, train_pooler=train_pooler))
+    assert sum(p.numel() for _, p in trainable) == count_core(BERT_BASE, method, pooling, train_pooler=train_pooler)
     if method == "full":
         assert count_core(BERT_BASE, "full", "cls") == 109_483_778  # bert-base-uncased 109,482,240 + 2-way head
+
+
+# Issue 14's figures (MiniLM, [CLS] pooling, 2 labels), typed in: a check on the formulas above too.
+ISSUE_COUNTS = {"full": 22_713_986, "bitfit": 26_882, "lora": 74_498, "head": 770, "adapter": 605_954,
+                "ia3": 14_594, "bitfit+lora": 100_610, "bitfit --train-pooler": 174_338}
+
+
+def test_minilm_cls_counts_as_the_papers_define_them(minilm):
+    for name, expected in ISSUE_COUNTS.items():
+        method, *flag = name.split()
+        model = copy.deepcopy(minilm["cls"][0])
+        trainable = apply_method(model, MethodConfig(method, train_pooler=bool(flag)))
+        assert sum(p.numel() for _, p in trainable) == expected, name
+        if "full" not in method and "bitfit" not in method:  # the pooler is backbone: frozen, weight and bias
+            assert not any(n.startswith("bert.pooler.") for n, _ in trainable), name
+    names = {n for n, _ in apply_method(copy.deepcopy(minilm["cls"][0]), MethodConfig("bitfit"))}
+    assert "bert.pooler.dense.bias" in names and "bert.pooler.dense.weight" not in names  # a bias like any other
+    assert count_core(MINILM, "bitfit", "cls", train_pooler=True) == ISSUE_COUNTS["bitfit --train-pooler"]
+
+
+# --------------------------------------------------------- checks that can fail: the table itself
+def test_pattern_that_claims_nothing_raises(tiny_config, monkeypatch):
+    """A typo in a row used to leave only the head training, silently; now apply_method names it."""
+    model = tiny(tiny_config, "cls")
+    monkeypatch.setitem(TRAINABLE, "lora", (r"\.lora[AB]$",) + adapters.HEAD)  # "_" dropped
+    typo = re.escape(r"method 'lora': pattern r'\.lora[AB]$' of 'lora' claims no parameter")
+    with pytest.raises(ValueError, match=typo):
+        apply_method(model, MethodConfig("lora"))
+    assert all(p.requires_grad for p in model.parameters())  # raised before any flag was set
+    with pytest.raises(ValueError, match=r"method 'bitfit\+lora': pattern .* of 'lora' claims no parameter"):
+        apply_method(tiny(tiny_config, "cls"), MethodConfig("bitfit+lora"))  # in a hybrid too
+    monkeypatch.setitem(TRAINABLE, "lora", (r"\.lora_A$",) + adapters.HEAD)  # claims something, not all
+    with pytest.raises(ValueError, match=r"method 'lora': parameters it inserted .* would stay frozen: "
+                                         r"\['bert\.encoder\.layer\.0\.attention\.self\.query\.lora_B'"):
+        apply_method(tiny(tiny_config, "cls"), MethodConfig("lora"))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"of 'pooler' claims no parameter of this model; this model has no "
+                                         r"pooler \(pooling 'mean'\)"):
+        apply_method(tiny(tiny_config, "mean"), MethodConfig("bitfit", train_pooler=True))
+    assert len(apply_method(tiny(tiny_config, "cls"), MethodConfig("lora"))) == 2 * 2 * 2 + 2  # the real row
+
+
+def test_every_pattern_claims_a_parameter_in_every_method(tiny_config):
+    """No pattern in force is dead weight, under either pooling, alone or in a hybrid."""
+    for pooling in POOLINGS:
+        for method in METHODS + ("adapter+bitfit+ia3+prefix+prompt",):
+            apply_method(tiny(tiny_config, pooling), MethodConfig(method, train_pooler=pooling == "cls"))
 
 
 # ------------------------- counts by hand: prompt, prefix, ia3 and hybrids (helpers.count_union)
@@ -91,6 +148,7 @@ def test_hand_count_matches_the_old_formulas():
     H, I, L = 384, 1536, 6
     assert count_union(MINILM, "bitfit+lora", "mean") == L * (4 * H + I + 3 * H) + H + L * 4 * 8 * H + 2 * H + 2
     assert count_union(MINILM, "adapter+bitfit", "mean") == 626_690  # hand-added below: 595,200 + 4,992 + 25,728 + 770
+    assert count_union(MINILM, "bitfit+lora", "cls") == 100_610  # issue 14's figure: + the pooler's bias
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -107,13 +165,13 @@ def test_minilm_counts_by_hand_new(minilm, pooling, method, kw):
         assert a.total == n_params(model) == n_params(minilm[pooling][0]) + added_new(MINILM, method, **kw)
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("pooling,train_pooler", [("mean", False), ("cls", False), ("cls", True)])
 @pytest.mark.parametrize("method", NEW + ("bitfit+lora", "adapter+bitfit"))
-def test_bert_base_counts_by_hand_new(pooling, method):
+def test_bert_base_counts_by_hand_new(pooling, method, train_pooler):
     with torch.device("meta"):  # counts depend on shapes only: no memory, no init
         model = BertForSequenceClassification(BertConfig(pooling=pooling))
-    trainable = apply_method(model, MethodConfig(method))
-    assert sum(p.numel() for _, p in trainable) == count_union(BERT_BASE, method, pooling)
+    trainable = apply_method(model, MethodConfig(method, train_pooler=train_pooler))
+    assert sum(p.numel() for _, p in trainable) == count_union(BERT_BASE, method, pooling, train_pooler=train_pooler)
     if method == "prefix":  # 20 x 768 + 768 x 512 + 512 + 512 x 18,432 + 18,432
         assert count_union(BERT_BASE, "prefix", "mean") - 1538 == 9_864_704
 
@@ -192,9 +250,10 @@ def test_hybrid_names_are_canonical_and_checked():
     MethodConfig("ia3+lora", lora_targets=("query",)).validate()
 
 
+@pytest.mark.parametrize("train_pooler", (False, True))
 @pytest.mark.parametrize("method", HYBRIDS)
-def test_hybrid_trains_the_union_of_its_parts(tiny_config, method):
-    cfg = MethodConfig(method, adapter_size=4, **SMALL)
+def test_hybrid_trains_the_union_of_its_parts(tiny_config, method, train_pooler):
+    cfg = MethodConfig(method, adapter_size=4, train_pooler=train_pooler, **SMALL)
     hybrid = tiny(tiny_config, "cls")
     names = {n for n, _ in apply_method(hybrid, cfg)}
     union = set()
@@ -202,8 +261,9 @@ def test_hybrid_trains_the_union_of_its_parts(tiny_config, method):
         alone = tiny(tiny_config, "cls")
         union |= {n for n, _ in apply_method(alone, dataclasses.replace(cfg, method=part))}
     assert names == union
-    a = audit(hybrid, trainable_params(hybrid), method)
+    a = audit(hybrid, trainable_params(hybrid), method, train_pooler)
     parts = {p: (claimed, alone) for p, claimed, alone in a.parts}
+    assert ("pooler" in parts) == train_pooler  # the pooler's pattern is a part of its own
     assert sum(alone for p, (_, alone) in parts.items()) == a.trainable  # alone + shared cover the union once
     assert parts["shared"][0] >= sum(p.numel() for n, p in hybrid.named_parameters() if n.startswith("classifier."))
     assert "part" in a.table() and "shared" in a.table()

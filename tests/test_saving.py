@@ -17,15 +17,15 @@ from tokenizer import BertTokenizer
 
 
 def expected_keys(method, pooling, L=6):
-    head = {"classifier.weight", "classifier.bias"}
-    head |= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} if pooling == "cls" else set()
+    head = {"classifier.weight", "classifier.bias"}  # the pooler is backbone: only bitfit saves its bias
     layer = [f"bert.encoder.layer.{i}." for i in range(L)]
     if method == "lora":
         return head | {f"{p}attention.self.{t}.lora_{x}" for p in layer for t in ("query", "value") for x in "AB"}
     if method == "bitfit":
         mods = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                 "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
-        return head | {"bert.embeddings.LayerNorm.bias"} | {f"{p}{m}.bias" for p in layer for m in mods}
+        pooler = {"bert.pooler.dense.bias"} if pooling == "cls" else set()
+        return head | pooler | {"bert.embeddings.LayerNorm.bias"} | {f"{p}{m}.bias" for p in layer for m in mods}
     if method == "adapter":
         lns = {f"bert.embeddings.LayerNorm.{w}" for w in ("weight", "bias")}
         lns |= {f"{p}{m}.LayerNorm.{w}" for p in layer for m in ("attention.output", "output")
@@ -57,6 +57,34 @@ def test_minilm_step_save_load(minilm, tmp_path, pooling, method):
     assert MethodConfig.from_json(json.dumps(meta["method_config"])) == cfg
     ids, mask, _ = batch(30522)
     assert torch.equal(logits(loaded, ids, mask), logits(model, ids, mask))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_checkpoint_from_before_the_frozen_pooler_loads_as_it_trained(minilm, tmp_path, pooling):
+    """A file saved when every method trained the pooler under [CLS] has no train_pooler in its
+    method_config: it loads with train_pooler = (pooling == "cls"), the set it was trained with."""
+    model = copy.deepcopy(minilm[pooling][0])
+    cfg = MethodConfig("lora", lora_r=4, train_pooler=pooling == "cls")  # the old semantics' trainable set
+    trainable = apply_method(model, cfg)
+    with torch.no_grad():  # trained-looking values, cheaper than a step
+        for _, p in trainable:
+            p.add_(torch.randn_like(p), alpha=0.01)
+    save_trainable(model, trainable, cfg, tmp_path / "new.safetensors", {"task": "MRPC", "base_model": "minilm"})
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as f:
+        header = f.metadata()
+    tensors, raw = load_file(str(tmp_path / "new.safetensors")), json.loads(header["method_config"])
+    assert ("bert.pooler.dense.weight" in tensors) == (pooling == "cls")
+    del raw["train_pooler"]  # what the old code wrote
+    save_file(tensors, str(tmp_path / "old.safetensors"), {**header, "method_config": json.dumps(raw)})
+    loaded, _, meta = load_trainable(tmp_path / "old.safetensors")
+    assert meta["method_config"]["train_pooler"] is (pooling == "cls")
+    ids, mask, _ = batch(30522)
+    assert torch.equal(logits(loaded, ids, mask), logits(model, ids, mask))
+    if pooling == "cls":  # read with today's default instead, the file would not fit: the rule matters
+        save_file(tensors, str(tmp_path / "wrong.safetensors"),
+                  {**header, "method_config": json.dumps({**raw, "train_pooler": False})})
+        with pytest.raises(ValueError, match="frozen tensors"):
+            load_trainable(tmp_path / "wrong.safetensors")
 
 
 def test_load_errors_name_the_key(minilm, tmp_path):
