@@ -209,7 +209,7 @@ def method_of(config: dict, tensors: dict, where) -> MethodConfig:
         raise ValueError(f"{where}: the adapter has no lora_A tensors")
     return MethodConfig("lora", lora_r=int(config["r"]), lora_alpha=float(config["lora_alpha"]),
                         lora_dropout=float(config.get("lora_dropout") or 0.0),
-                        lora_targets=tuple(short[p] for p in sorted(paths)))
+                        lora_targets=tuple(name for name, path in LORA_TARGETS.items() if path in paths))
 
 
 def import_peft(path, base=None, task="", device="cpu") -> tuple:
