@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import glue
 from adapters import MethodConfig, apply_method, trainable_params
-from lora import LORA_TARGETS, lora_layers
+from lora import lora_layers
 from model import BertForSequenceClassification, load_pretrained
 from saving import export_merged, export_peft, import_peft
 
@@ -68,8 +68,9 @@ def trained(base, cfg):
 @pytest.mark.parametrize("method, labels", [("lora", 2), ("ia3", 2), ("lora", 1)])
 def test_export_peft_loads_in_peft_with_our_logits(minilm_cls, minilm_dir, tmp_path, method, labels):
     base, tok = minilm_cls[labels]
-    # every LoRA target: attention.output.dense and output.dense must not be confused (PEFT matches suffixes)
-    model = trained(base, MethodConfig(method, lora_targets=tuple(LORA_TARGETS)))
+    # output.dense but not attention.output.dense: a PEFT target list of suffixes would take both
+    targets = ("query", "value", "intermediate.dense", "output.dense")
+    model = trained(base, MethodConfig(method, lora_targets=targets))
     out = export_peft(model, tmp_path / "adapter")
     config = json.loads((out / "adapter_config.json").read_text())
     pooler_trained = model.bert.pooler.dense.weight.requires_grad
@@ -78,11 +79,14 @@ def test_export_peft_loads_in_peft_with_our_logits(minilm_cls, minilm_dir, tmp_p
     assert config["base_model_name_or_path"] == str(minilm_dir.resolve())
     keys = set(load_file(str(out / "adapter_model.safetensors")))
     suffix = {"lora": (".lora_A.weight", ".lora_B.weight"), "ia3": (".ia3_l",)}[method]
-    n_layers = {"lora": 6 * len(LORA_TARGETS), "ia3": 6 * 3}[method]
-    assert len([k for k in keys if k.endswith(suffix)]) == n_layers * len(suffix)
+    n_layers = {"lora": 6 * len(targets), "ia3": 6 * 3}[method]
+    adapter_keys = {k for k in keys if k.endswith(suffix)}
+    assert len(adapter_keys) == n_layers * len(suffix)
     assert {"base_model.model.classifier.weight", "base_model.model.classifier.bias"} <= keys
     hf_base = transformers.BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=labels)
     reference = peft.PeftModel.from_pretrained(hf_base, out)
+    placed = {n.replace(".default", "") for n, _ in reference.named_parameters() if ".lora_" in n or ".ia3_l" in n}
+    assert placed == adapter_keys  # PEFT put its layers exactly where ours are, and nowhere else
     batch = encode(tok)
     diff = (theirs(reference, batch) - ours(model, batch)).abs().max().item()
     assert diff <= ATOL, diff
