@@ -121,7 +121,8 @@ def peft_layout(model: nn.Module, pooler: bool) -> tuple:
         layers = lora_layers(model)
         r, scaling, dropout = {(m.r, m.scaling, m.lora_dropout.p) for _, m in layers}.pop()
         assert all((m.r, m.scaling, m.lora_dropout.p) == (r, scaling, dropout) for _, m in layers)
-        config |= {"r": r, "lora_alpha": scaling * r, "lora_dropout": dropout,
+        # LoRALinear keeps alpha / r; times r gives alpha back, less float noise (16 / 3 * 3)
+        config |= {"r": r, "lora_alpha": round(scaling * r, 9), "lora_dropout": dropout,
                    "target_modules": anchored(layer_paths(layers)), "init_lora_weights": True, **LORA_UNSUPPORTED}
         for name, m in layers:  # ours and PEFT's: A (r, in), B (out, r)
             layout[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (m.lora_A, tuple(m.lora_A.shape))
