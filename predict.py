@@ -41,7 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tokens per example; default: the run's (results.json beside the checkpoint), else 128")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_length and not 2 < args.max_length <= 512:  # as train.py's --max-length
+        p.error(f"--max-length must be in 3..512, got {args.max_length}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
 
 
 def run_max_length(checkpoint: Path) -> int:

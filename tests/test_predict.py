@@ -141,3 +141,15 @@ def test_command_line_error_has_no_traceback(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr == f"error: {tmp_path / 'nope.safetensors'}: no such checkpoint file\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "one of the arguments --glue-test --text is required"),
+    (["--glue-test", "--text", "a"], "not allowed with argument"),
+    (["--text", "a", "--max-length", "1"], "--max-length must be in 3..512, got 1"),
+    (["--glue-test", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+])
+def test_bad_flags_are_refused_before_anything_loads(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        predict.parse_args(["best.safetensors", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
