@@ -10,6 +10,7 @@ weights, so that load_trainable refuses a base whose frozen weights differ.
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def export_merged(model: nn.Module, path, tokenizer=None, task=None) -> Path:
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     c = model.config
     (out / "config.json").write_text(json.dumps(transformers_config(c, task), indent=2))
+    if c.pooling != "cls":
+        warnings.warn(f"{out}: pooling {c.pooling!r}: transformers' BertForSequenceClassification would pool [CLS] "
+                      "through the pooler; model.load_pretrained reads the pooling from 1_Pooling/config.json")
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": c.hidden_size, "pooling_mode_cls_token": c.pooling == "cls",

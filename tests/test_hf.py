@@ -217,3 +217,12 @@ def test_export_merged_loads_in_transformers(minilm_cls, tmp_path, task_name):
     batch = encode(tok)
     diff = (theirs(reference, batch) - ours(model, batch)).abs().max().item()
     assert diff <= ATOL, diff
+
+
+def test_export_merged_of_a_mean_pooled_model_warns(tiny_config, tmp_path):
+    """transformers would pool [CLS]: the export is for our loader, and says so."""
+    with pytest.warns(UserWarning, match="would pool \\[CLS\\]"):
+        export_merged(tiny(tiny_config, "mean"), tmp_path / "mean")
+    config = json.loads((tmp_path / "mean" / "config.json").read_text())
+    assert config["problem_type"] == "single_label_classification" and config["id2label"] == {"0": "LABEL_0",
+                                                                                               "1": "LABEL_1"}
