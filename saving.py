@@ -1,5 +1,7 @@
 """Trainable-only checkpoints: save what a method trained, rebuild the fine-tuned model from the
-pretrained base, and export LoRA / (IA)^3 folded into a plain BERT checkpoint (HF key layout).
+pretrained base, and export LoRA / (IA)^3 folded into a plain BERT checkpoint (HF key layout) that
+transformers' BertForSequenceClassification loads. PEFT adapter directories, both ways: hf.py
+(export_peft, import_peft, re-exported here: saving is the one import for checkpoints).
 
 A save_trainable file is safetensors holding only the trainable tensors, with metadata naming the
 method and its options, the base model, task, label count, pooling, and a digest of the frozen
@@ -12,6 +14,7 @@ their pooling is "cls", which is exactly the set they trained (old_method_config
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
 from audit import fingerprint
 from checkpoint import load_pretrained
+from hf import export_peft, import_peft, transformers_config  # noqa: F401 (export_peft, import_peft: re-exported)
 from prompts import PrefixEncoder, SoftPrompt, merge_prefix
 
 FORMAT = "bertfit-trainable/1"  # safetensors metadata "format" of a save_trainable file
@@ -101,12 +105,15 @@ def load_trainable(path, device="cpu") -> tuple:
     return model.to(device), tokenizer, meta
 
 
-def export_merged(model: nn.Module, path, tokenizer=None) -> Path:
+def export_merged(model: nn.Module, path, tokenizer=None, task=None) -> Path:
     """Fold LoRA and (IA)^3 into the base weights and write a plain checkpoint directory that
-    checkpoint.load_pretrained(path, num_labels=L) reads: model.safetensors (HF key layout, plain
-    weight/bias keys, no lora_ / ia3_ keys), config.json, 1_Pooling/config.json (declares the pooling),
-    and tokenizer.json when a tokenizer is given. Adapters, soft prompts and prefixes add computation
-    a plain BERT does not have, so they cannot be exported. Layers are left merged or not, as found."""
+    checkpoint.load_pretrained(path, num_labels=L) reads and, under [CLS] pooling,
+    transformers.BertForSequenceClassification.from_pretrained(path) too: model.safetensors (HF key
+    layout, plain weight/bias keys, no lora_ / ia3_ keys), config.json (hf.transformers_config: labels,
+    named after `task`'s classes when given, and the problem type), 1_Pooling/config.json (declares the
+    pooling; transformers ignores it and pools [CLS]), and tokenizer.json when a tokenizer is given.
+    Adapters, soft prompts and prefixes add computation a plain BERT does not have, so they cannot be
+    exported. Layers are left merged or not, as found."""
     kinds = {Adapter: "adapters", SoftPrompt: "soft prompts", PrefixEncoder: "prefixes"}
     found = [name for kind, name in kinds.items() if any(isinstance(m, kind) for m in model.modules())]
     if found:
@@ -126,8 +133,10 @@ def export_merged(model: nn.Module, path, tokenizer=None) -> Path:
                 m.unmerge()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     c = model.config
-    (out / "config.json").write_text(json.dumps(
-        {**asdict(c), "model_type": "bert", "architectures": ["BertForSequenceClassification"]}, indent=2))
+    (out / "config.json").write_text(json.dumps(transformers_config(c, task), indent=2))
+    if c.pooling != "cls":
+        warnings.warn(f"{out}: pooling {c.pooling!r}: transformers' BertForSequenceClassification would pool [CLS] "
+                      "through the pooler; model.load_pretrained reads the pooling from 1_Pooling/config.json")
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": c.hidden_size, "pooling_mode_cls_token": c.pooling == "cls",

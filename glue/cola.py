@@ -21,5 +21,6 @@ COLA = Task(
     num_labels=2,
     metrics=(("matthews", matthews), ("accuracy", accuracy)),
     headline="matthews",
+    label_names=("unacceptable", "acceptable"),
     archive="CoLA.zip",
 )

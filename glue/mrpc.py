@@ -22,5 +22,6 @@ MRPC = Task(
     num_labels=2,
     metrics=(("f1", f1), ("accuracy", accuracy)),
     headline="f1",
+    label_names=("not_equivalent", "equivalent"),
     archive=None,
 )

@@ -35,6 +35,7 @@ class Task:
     headline: str  # the metric a run is judged by (GLUE's first metric for the task)
     archive: str | None  # GLUE's zip holding the files; None for MRPC, built from SentEval's files
     score_range: tuple | None = None  # (low, high) of a regression score; None for classification
+    label_names: tuple = ()  # class id -> name, as Hugging Face's GLUE dataset names them; () for regression
 
     def __post_init__(self):
         names = [name for name, _ in self.metrics]
@@ -44,6 +45,9 @@ class Task:
             raise ValueError(f"task {self.name}: files must be given for {SPLITS}, got {sorted(self.files)}")
         if (self.score_range is not None) != self.is_regression:
             raise ValueError(f"task {self.name}: score_range is required exactly when num_labels == 1")
+        if len(self.label_names) != (0 if self.is_regression else self.num_labels):
+            raise ValueError(f"task {self.name}: label_names must name each of the {self.num_labels} classes "
+                             "(none for regression)")
 
     @property
     def is_regression(self) -> bool:
