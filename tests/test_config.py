@@ -97,3 +97,11 @@ def test_a_new_field_becomes_a_flag_and_needs_a_comment():
 def test_train_pooler_flag():
     assert parse_args(["--method", "lora", "--train-pooler"]).options.train_pooler is True
     assert parse_args(["--method", "lora"]).options.train_pooler is False
+
+
+def test_default_rates_by_model():
+    assert default_lr("full") == 2e-5 and default_lr("full", "minilm") == 1e-4  # one rate cannot serve both
+    assert default_lr("bitfit", "minilm") == default_lr("bitfit") == 1e-3
+    assert parse_args(["--model", "minilm", "--method", "full"]).lr == 1e-4
+    assert parse_args(["--model", "minilm", "--method", "full", "--lr", "3e-5"]).lr == 3e-5  # a given rate wins
+    assert parse_args(["--method", "full"]).lr == 2e-5  # BERT-base, the paper's model
