@@ -1,5 +1,6 @@
 """What a run measures about itself: a device-synchronized timer, peak memory, the environment."""
 import json
+import math
 import os
 import platform
 import resource
@@ -40,6 +41,16 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU advertises bf16 instructions (AVX512-BF16 or AMX). Linux lists them in
+    /proc/cpuinfo; where that file does not exist (macOS, Windows) there is no detection: False."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -55,9 +66,32 @@ def environment(device: torch.device, amp_dtype, world_size: int = 1) -> dict:
             "threads": torch.get_num_threads(), "world_size": world_size}
 
 
+def finite_or_null(obj, where="") -> tuple:
+    """(a copy of obj with every NaN or infinity replaced by None, the paths where that happened):
+    strict JSON has no NaN or Infinity, and Python's json writes them by default."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [where or "."]
+    if isinstance(obj, dict):
+        pairs = [(k, finite_or_null(v, f"{where}.{k}" if where else str(k))) for k, v in obj.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(obj, (list, tuple)):
+        items = [finite_or_null(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return obj, []
+
+
+def strict_json(obj, **kwargs) -> str:
+    """json.dumps that never writes NaN or Infinity: they become null, and a dict gets a
+    "nonfinite_values" entry listing where (a flag a reader cannot miss)."""
+    clean, where = finite_or_null(obj)
+    if where and isinstance(clean, dict):
+        clean["nonfinite_values"] = where
+    return json.dumps(clean, allow_nan=False, **kwargs)
+
+
 def write_json(path, obj):
-    """Write atomically: a reader (or a crash) never sees half a file."""
+    """Write strict JSON (strict_json) atomically: a reader (or a crash) never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(strict_json(obj, indent=2) + "\n")
     os.replace(tmp, path)

@@ -89,6 +89,9 @@ def read_resume(path) -> dict:
         state = torch.load(path, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors...
         raise ValueError(f"{path}: not a readable resume file ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "format" not in state and {"trainable", "results"} <= set(state):
+        warnings.warn(f"{path}: written before resume files carried a digest; its contents cannot be verified")
+        return state
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise ValueError(f"{path}: not a resume file of this version of train.py (no {RESUME_FORMAT!r} format)")
     saved = state.pop("digest", None)
@@ -136,6 +139,18 @@ def load_trainable_tensors(model: nn.Module, trainable: list, path):
     with torch.no_grad():
         for k, t in tensors.items():
             target[k].copy_(t)
+
+
+def copy_named(target: dict, tensors: dict, source):
+    """Copy tensors into the parameters of the same names; different names are an error naming
+    `source` and the keys (a state saved by another method)."""
+    missing, unexpected = sorted(set(target) - set(tensors)), sorted(set(tensors) - set(target))
+    if missing or unexpected:
+        raise ValueError(f"{source}: keys missing {missing[:5]}, unexpected keys {unexpected[:5]}"
+                         f"{' (and more)' if len(missing) > 5 or len(unexpected) > 5 else ''}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target[name].copy_(tensor)
 
 
 def load_trainable(path, device="cpu") -> tuple:

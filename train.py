@@ -34,9 +34,10 @@ import data
 import distributed as dist
 import glue
 import saving
-from config import parse_args
+from config import check_positions, parse_args, run_cli
 from model import load_pretrained
-from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, write_json
+import rundir
+from runinfo import SyncTimer, cpu_has_bf16, environment, peak_memory_bytes, reset_peak_memory, strict_json, write_json
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
 MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
@@ -56,8 +57,7 @@ def pick_amp(amp: str, device: torch.device):
         if device.type == "cuda":
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            amp = "bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in \
-                Path("/proc/cpuinfo").read_text() else "off"
+            amp = "bf16" if cpu_has_bf16() else "off"
     if amp == "fp16" and device.type != "cuda":
         raise SystemExit("--amp fp16 needs CUDA (a GradScaler on CPU is not supported); use bf16 or off")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
@@ -141,6 +141,11 @@ def scores_vs_baseline(line: dict, baseline: dict, metric: str) -> str:
                       for split in ("val", "test"))
 
 
+def nonfinite_note(skipped: int) -> str:
+    """' | 3 non-finite steps skipped' for the epoch line; '' when there were none."""
+    return f" | {skipped} non-finite steps skipped (loss NaN or inf: no update)" if skipped else ""
+
+
 class Stop(Exception):
     """Raised by SIGTERM so that it unwinds like Ctrl-C and the finished epochs are kept."""
 
@@ -154,9 +159,12 @@ def main(argv=None):
     dist.init()
     task = glue.get_task(cfg.task)
     device = pick_device(cfg.device)
+    resume_state = None if cfg.audit else rundir.claim_out_dir(cfg, dist.is_main())  # before the model loads
+    data_dir = None if cfg.audit else data.check_task_files(cfg.task, cfg.data_dir or None)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
                                        verbose=dist.is_main())
+    check_positions(cfg, model.config.max_position_embeddings)
     method = cfg.method_config()
     trainable = adapters.apply_method(model, method)
     report = audit.audit(model, trainable, cfg.method)
@@ -171,7 +179,7 @@ def main(argv=None):
     amp_dtype, scaler = pick_amp(cfg.amp, device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
-    task_data = data.load_task_data(cfg.task, tokenizer, data.resolve_data_dir(cfg.data_dir or None),
+    task_data = data.load_task_data(cfg.task, tokenizer, data_dir,
                                     max_length=cfg.max_length, frac=cfg.frac, seed=cfg.seed)
     steps_per_epoch = len(data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=0,
                                        rank=dist.rank(), world_size=dist.world_size()))
@@ -197,12 +205,10 @@ def main(argv=None):
                "nonfinite_steps": 0, "environment": environment(device, amp_dtype, dist.world_size()),
                "config": asdict(cfg)}
     start_epoch, step = 0, 0
-    if cfg.resume and (out / "resume.pt").is_file():
-        state = torch.load(out / "resume.pt", weights_only=True)
+    if resume_state:
+        state = resume_state  # read, verified and matched to this run by rundir.claim_out_dir
         start_epoch, step, results = state["epoch"], state["step"], json.loads(state["results"])
-        named = dict(trainable)
-        for name, tensor in state["trainable"].items():
-            named[name].data.copy_(tensor)
+        saving.copy_named(dict(trainable), state["trainable"], out / "resume.pt")
         optimizer.load_state_dict(state["optimizer"])
         if scaler:
             scaler.load_state_dict(state["scaler"])
@@ -211,7 +217,7 @@ def main(argv=None):
     elif cfg.resume:
         print(f"--resume: no {out / 'resume.pt'}, starting fresh")
     if dist.is_main():  # evals.jsonl holds exactly the evaluations in results (none after a restart)
-        (out / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in results["evals"]))
+        (out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in results["evals"]))
 
     def record_eval(epoch, train_seconds):
         timer = SyncTimer(device)
@@ -222,7 +228,7 @@ def main(argv=None):
         results["evals"].append(line)
         if dist.is_main():
             with open(out / "evals.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+                f.write(strict_json(line) + "\n")
         return line, test_predictions
 
     def save_results(status):
@@ -246,6 +252,7 @@ def main(argv=None):
             train_batches = data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                                          rank=dist.rank(), world_size=dist.world_size())
             step_times, real_tokens, examples, nonfinite_run = [], 0, 0, 0
+            skipped_before = results["nonfinite_steps"]
             epoch_seconds, epoch_steps = 0.0, 0
             bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet)
             for i, batch in enumerate(bar):
@@ -308,7 +315,8 @@ def main(argv=None):
                                  "mean": float(np.mean(step_times)) if step_times else None,
                                  "p90": float(np.percentile(step_times, 90)) if step_times else None},
                 "padding_fraction": data.padding_fraction(train_batches),
-                "val": line["val"], "test": line["test"], "completed": status != "time_budget"})
+                "val": line["val"], "test": line["test"], "completed": status != "time_budget",
+                "nonfinite_steps": results["nonfinite_steps"] - skipped_before})
             results["data"]["padding_fraction"] = results["epochs"][-1]["padding_fraction"]
             best = results["best"]
             if best is None or line["val"][headline] > best["val"][headline]:
@@ -322,13 +330,12 @@ def main(argv=None):
             if dist.is_main():
                 print(f"epoch {epoch + 1:3d} | train {epoch_seconds:7.1f}s | "
                       f"{results['epochs'][-1]['tokens_per_second']:8.0f} tok/s | "
-                      f"{scores_vs_baseline(line, results['baseline'], headline)}")
-                torch.save({"epoch": epoch + 1, "step": step, "results": json.dumps(results),
-                            "trainable": {n: p.detach().cpu() for n, p in trainable},
-                            "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict() if scaler else {}, "rng": torch.get_rng_state()},
-                           out / "resume.pt.tmp")
-                os.replace(out / "resume.pt.tmp", out / "resume.pt")
+                      f"{scores_vs_baseline(line, results['baseline'], headline)}"
+                      + nonfinite_note(results["epochs"][-1]["nonfinite_steps"]))
+                saving.write_resume(out / "resume.pt", {
+                    "epoch": epoch + 1, "step": step, "results": json.dumps(results),
+                    "trainable": {n: p.detach().cpu() for n, p in trainable}, "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else {}, "rng": torch.get_rng_state()})
             save_results("running")
             if status == "time_budget":
                 break
@@ -336,10 +343,16 @@ def main(argv=None):
         save_results("interrupted")
         print(f"interrupted: {out / 'results.json'} holds the {len(results['epochs'])} finished epochs", file=sys.stderr)
         raise SystemExit(130)
+    except Exception as e:  # a diverged run or a crash: results.json says so, never "running"
+        results["failure"] = rundir.failure_reason(e)
+        save_results("failed")
+        raise
 
     verdict = audit.verify_frozen(model, frozen_fingerprint)
     results["freeze_audit"] = "passed" if verdict["verdict"] == "passed" else verdict
-    save_results(status)
+    if verdict["verdict"] != "passed":
+        results["failure"] = f"frozen tensors moved during training: {verdict['moved']}"
+    save_results(status if verdict["verdict"] == "passed" else "failed")
     dist.cleanup()
     if verdict["verdict"] != "passed":
         raise RuntimeError(f"frozen tensors moved during training: {verdict['moved']}")
@@ -354,4 +367,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
