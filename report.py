@@ -34,13 +34,42 @@ def load(root: Path):
     """-> (finished runs, ignored runs); each run is its results dict plus "dir"."""
     runs, ignored = [], []
     for path in sorted(root.rglob("results.json")):
-        try:
-            r = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            r = {"status": "unreadable"}
+        r = read_run(path)
         r["dir"] = path.parent.relative_to(root).as_posix()
         (runs if r.get("status") in DONE else ignored).append(r)
-    return runs, ignored
+    return flag_duplicates(runs, ignored)
+
+
+RESULTS_KEYS = ("task", "method", "frac", "seed", "status", "config", "params", "best", "evals", "epochs",
+                "time", "environment")  # what the tables read from a finished run's results.json
+
+
+def read_run(path: Path) -> dict:
+    """A results.json as a dict; a file that is not one (unreadable, not JSON, or without the keys
+    train.py writes) becomes {"status": "<what is wrong>"}, listed with the ignored runs by name."""
+    try:
+        r = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        return {"status": f"unreadable ({type(e).__name__})"}
+    missing = [k for k in RESULTS_KEYS if k not in r] if isinstance(r, dict) else list(RESULTS_KEYS)
+    if missing and (not isinstance(r, dict) or r.get("status") in DONE):
+        return {"status": f"not a results file (no {', '.join(missing[:3])})"}
+    return r
+
+
+def flag_duplicates(runs, ignored):
+    """Two finished runs of one (task, method, frac, seed, budget or not) in one study would both be
+    counted in a cell as if they were two seeds: the first (by directory) is kept, every other one is
+    moved to the ignored runs, marked as a duplicate of it. -> (runs, ignored)."""
+    first, kept = {}, []
+    for r in runs:
+        key = (r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0)
+        if key in first:
+            ignored.append({**r, "status": f"duplicate of {first[key]['dir']}"})
+        else:
+            first[key] = r
+            kept.append(r)
+    return kept, ignored
 
 
 def is_budget(r) -> bool:
@@ -157,7 +186,7 @@ def header(runs, ignored) -> list:
     lines.append(f"- frozen-weights audit: {audits.count('passed')} of {len(runs)} runs passed")
     if ignored:
         names = ", ".join(f"{r['dir']} ({r.get('status')})" for r in ignored)
-        lines.append(f"- ignored {len(ignored)} unfinished runs: {names}")
+        lines.append(f"- ignored {len(ignored)} runs (unfinished, failed, duplicates, not results files): {names}")
     return lines + [""]
 
 
