@@ -144,9 +144,7 @@ def mfu(row, config, device, seq_len):
     return None if peak is None else 3 * encoder_flops_per_token(config, seq_len) * row["train_tokens_per_second"] / (peak * 1e12)
 
 
-def parse_args(argv=None):
-    """CLI -> args; values are range-checked with train.py's checks (config.CHECKS) where the flags
-    mean the same, so a bad value fails before anything loads."""
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default="minilm", help="checkpoint directory, 'minilm', a hub id, or "
                    "bert-base-random (BERT-base's shape with random weights: speed only)")
@@ -170,6 +168,13 @@ def parse_args(argv=None):
                    help=f"also measure transformers (+ peft for LoRA) for {', '.join(HF_REFERENCE)}")
     p.add_argument("--data-dir", default="", help="GLUE directory; '' = $GLUE_DIR, else ~/.cache/bertfit/glue_data")
     p.add_argument("--out", default="", help="JSON file of the results; '' = bench-<device>.json")
+    return p
+
+
+def parse_args(argv=None):
+    """CLI -> args; values are range-checked with train.py's checks (config.CHECKS) where the flags
+    mean the same, so a bad value fails before anything loads."""
+    p = build_parser()
     args = p.parse_args(argv)
     problems = [value_problem(name, getattr(args, name)) for name in
                 ("model", "batch_size", "eval_batch_size", "max_length", "lr", "device")]

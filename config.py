@@ -150,6 +150,7 @@ def value_problem(name: str, value, flag: str = None):
 def check_values(cfg: TrainConfig) -> list:
     """Every problem with cfg's values, one line each naming the flag and what it allows; [] if none."""
     problems = [value_problem(f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name in CHECKS]
+    problems = [p for p in problems if p]
     if cfg.resume and cfg.overwrite:
         problems.append("--resume and --overwrite contradict each other: continue the run, or delete it")
     if not problems:
@@ -157,7 +158,7 @@ def check_values(cfg: TrainConfig) -> list:
             cfg.method_config().validate()
         except ValueError as e:
             problems.append(str(e))
-    return [p for p in problems if p]
+    return problems
 
 
 def check_positions(cfg: TrainConfig, max_positions: int):
@@ -178,8 +179,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is False or action.default in ("", None) else super()._get_help_string(action)
 
 
-def parse_args(argv=None) -> TrainConfig:
-    """CLI -> TrainConfig; every bad value is an error before anything loads."""
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per TrainConfig field (`lora_r` -> `--lora-r`), its help from the field."""
     p = argparse.ArgumentParser(prog="train.py", description="Fine-tune BERT on one GLUE task with one method.",
                                 formatter_class=HelpFormatter)
     types = {"method": method_flag}  # hybrids: not a fixed list of choices
@@ -190,6 +191,12 @@ def parse_args(argv=None) -> TrainConfig:
         else:
             p.add_argument(flag, type=types.get(f.name, type(f.default)), default=f.default,
                            choices=CHOICES.get(f.name), help=f.metadata["help"])
+    return p
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """CLI -> TrainConfig; every bad value is an error before anything loads."""
+    p = build_parser()
     cfg = TrainConfig(**vars(p.parse_args(argv)))
     for problem in check_values(cfg)[:1]:
         p.error(problem)

@@ -52,7 +52,7 @@ def read_run(path: Path) -> dict:
     except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
         return {"status": f"unreadable ({type(e).__name__})"}
     missing = [k for k in RESULTS_KEYS if k not in r] if isinstance(r, dict) else list(RESULTS_KEYS)
-    if missing and (not isinstance(r, dict) or r.get("status") in DONE):
+    if missing:
         return {"status": f"not a results file (no {', '.join(missing[:3])})"}
     return r
 
