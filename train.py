@@ -16,7 +16,6 @@ atomically after every evaluation, so an interrupted run leaves valid results), 
 """
 import json
 import math
-import os
 import signal
 import sys
 from contextlib import nullcontext
@@ -33,10 +32,10 @@ import audit
 import data
 import distributed as dist
 import glue
+import rundir
 import saving
 from config import check_positions, parse_args, run_cli
 from model import load_pretrained
-import rundir
 from runinfo import SyncTimer, cpu_has_bf16, environment, peak_memory_bytes, reset_peak_memory, strict_json, write_json
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)

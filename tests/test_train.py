@@ -26,7 +26,7 @@ def run(tmp_path, glue_dir, *extra, name="run"):
 @pytest.mark.parametrize("argv, message", [
     (["--frac", "0"], "--frac must be in (0, 1]"),
     (["--frac", "1.2"], "--frac must be in (0, 1]"),
-    (["--time-budget", "-1"], "--time-budget must be positive"),
+    (["--time-budget", "-1"], "--time-budget must be finite minutes >= 0"),
     (["--task", "sst9"], "invalid choice: 'sst9' (choose from 'cola', 'mrpc', 'stsb')"),
     (["--method", "prefix-magic"], "invalid choice: 'prefix-magic'"),
     (["--amp", "fp8"], "invalid choice: 'fp8'"),
