@@ -5,16 +5,20 @@ finished ones (status "complete" or "time_budget"), and writes RESULTS.md and PN
 them. Every number comes from those files. Scores are the task's headline metric (results
 "best.metric": mrpc F1, cola Matthews, stsb Pearson) x 100 on the test split, which is GLUE's dev
 set; "@best" is the epoch with the best validation score, "@last" the final epoch. Spread over
-seeds is the sample standard deviation (n - 1). A hand-written ANALYSIS.md in the directory is
-included verbatim.
+seeds is the sample standard deviation (n - 1). Runs under tune/ are the tuning stage's (sweep.py):
+they make the learning-rate table, not the grid's. Each method's difference to full fine-tuning
+comes with its intervals (claims.py). A hand-written ANALYSIS.md in the directory is included verbatim.
 """
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+
+import claims
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,10 +34,13 @@ COLORS = {"full": "tab:blue", "bitfit": "tab:orange", "adapter": "tab:green", "l
 MIB = 2 ** 20
 
 
-def load(root: Path):
-    """-> (finished runs, ignored runs); each run is its results dict plus "dir"."""
+def load(root: Path, tuning=False):
+    """-> (finished runs, ignored runs); each run is its results dict plus "dir". The grid's runs,
+    or with tuning=True the tuning stage's (under tune/)."""
     runs, ignored = [], []
-    for path in sorted(root.rglob("results.json")):
+    for path in sorted((root / "tune" if tuning else root).rglob("results.json")):
+        if not tuning and path.relative_to(root).parts[0] == "tune":
+            continue
         r = read_run(path)
         r["dir"] = path.parent.relative_to(root).as_posix()
         (runs if r.get("status") in DONE else ignored).append(r)
@@ -190,10 +197,20 @@ def header(runs, ignored) -> list:
     return lines + [""]
 
 
+def baseline(rs) -> float:
+    """Mean test score x 100 of the runs' constant prediction (majority class, or mean score); None
+    for runs made before results.json recorded it."""
+    scores = [100 * r["baseline"]["test"][r["best"]["metric"]] for r in rs if "baseline" in r]
+    return statistics.mean(scores) if scores else None
+
+
 def main_tables(fixed) -> list:
     lines = ["## Score by task, method and data fraction", "",
              "Test score x 100, mean ± std over seeds; the other columns are means. Train time excludes "
-             "evaluation; t95 = training seconds until validation first reached 95% of the run's best.", ""]
+             "evaluation; t95 = training seconds until validation first reached 95% of the run's best. "
+             "The baseline is the test score of a constant prediction: the training data's majority class "
+             "(MRPC, CoLA), or its mean score for STS-B, whose Pearson r is 0 by definition (metrics.py). "
+             "† marks a cell whose mean does not beat it: the model learned nothing visible.", ""]
     for task, task_runs in sorted(group(fixed, lambda r: r["task"]).items(), key=lambda kv: rank(kv[0], TASKS)):
         m = task_runs[0]["best"]["metric"]
         rows = []
@@ -202,31 +219,55 @@ def main_tables(fixed) -> list:
             rs = cells[(method, frac)]
             s = summarize(rs[0])
             cost = [fmt(values(rs, k), d, spread=False) for k, d in (("train_s", 1), ("t95", 1), ("peak_mib", 0))]
-            rows.append([method, f"{frac:g}", len(rs), fmt(values(rs, "best")), fmt(values(rs, "last")),
+            floor = baseline(rs)
+            mark = " †" if floor is not None and mean_std(values(rs, "best"))[0] <= floor + 1e-9 else ""
+            rows.append([method, f"{frac:g}", len(rs), fmt(values(rs, "best")) + mark, fmt(values(rs, "last")),
+                         "–" if floor is None else f"{floor:.2f}",
                          fmt(values(rs, "best_epoch"), 1, spread=False), f"{s['trainable']:,}", f"{s['pct']:.3f}",
                          *cost])
         lines += [f"### {task} ({METRIC_LABEL.get(m, m)})", ""]
-        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "best epoch",
+        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "baseline", "best epoch",
                         "trainable", "trainable %", "train time (s)", "t95 (s)", "peak memory (MiB)"], rows)
     return lines
 
 
 def comparison(fixed) -> list:
     lines = ["## Each method against full fine-tuning", "",
-             "Difference of the mean test score @best (x 100) from full fine-tuning's at the same fraction.", ""]
-    means = {k: mean_std(values(rs, "best"))[0] for k, rs in group(fixed, lambda r: (r["task"], r["frac"],
-                                                                                     r["method"])).items()}
-    others = ordered({k[2] for k in means} - {"full"}, METHODS)
-    rows = []
-    for task, frac in sorted({k[:2] for k in means}, key=lambda k: (rank(k[0], TASKS), k[1])):
-        full = means.get((task, frac, "full"))
-        if full is None:
-            continue
-        rows.append([task, f"{frac:g}", f"{full:.2f}"] +
-                    [f"{means[(task, frac, m)] - full:+.2f}" if (task, frac, m) in means else "–" for m in others])
-    if not rows:
+             "Paired by seed (one seed: the same training subset and data order for both methods): the mean "
+             "over seeds of method − full, test score @best x 100; its 95% t interval over seeds; the 95% "
+             "paired-bootstrap interval over test examples (1,000 resamples of GLUE dev, both methods scored "
+             "on the same draw, averaged over the seeds); the verdict is *better* or *worse* only when both "
+             "intervals leave out zero (claims.py).", ""]
+    diffs = claims.cell_differences(fixed)
+    if not diffs:
         return lines + ["No full fine-tuning runs to compare with.", ""]
-    return lines + table(["task", "frac", "full"] + [f"{m} − full" for m in others], rows)
+    rows = [[d["task"], f"{d['frac']:g}", d["method"], len(d["seeds"]), f"{d['mean']:+.2f}",
+             claims.interval(d["t_low"], d["t_high"]), claims.interval(*(d["boot"] or (None, None))), d["verdict"]]
+            for d in sorted(diffs, key=lambda d: (rank(d["task"], TASKS), rank(d["method"], METHODS), d["frac"]))]
+    return lines + table(["task", "frac", "method", "seeds", "− full", "95% t (seeds)", "95% bootstrap (test)",
+                          "verdict"], rows)
+
+
+def tuning_table(root: Path) -> list:
+    """The tuning stage: every rate tried, its best validation score, and the rate tuned.json chose."""
+    runs, _ = load(root, tuning=True)
+    path = root / "tuned.json"
+    if not runs and not path.is_file():
+        return []
+    chosen = json.loads(path.read_text())["chosen"] if path.is_file() else {}
+    lines = ["## Learning rates (tuning stage)", "",
+             "Each task x method trained at every rate on all the training data with the first seed; the "
+             "validation score x 100 (10% of GLUE train, never the test set) at the best epoch, that epoch in "
+             "brackets; **bold**: the rate chosen for the grid (tuned.json).", ""]
+    rows = []
+    for (task, method), rs in sorted(group(runs, lambda r: (r["task"], r["method"])).items(), key=task_method_key):
+        pick = chosen.get(task, {}).get(method)
+        tried = []
+        for r in sorted(rs, key=lambda r: r["config"]["lr"]):
+            text = f"{r['config']['lr']:g}: {100 * r['best']['val'][r['best']['metric']]:.2f} ({r['best']['epoch']})"
+            tried.append(f"**{text}**" if pick is not None and math.isclose(r["config"]["lr"], pick) else text)
+        rows.append([task, method, "; ".join(tried), "–" if pick is None else f"{pick:g}"])
+    return lines + table(["task", "method", "rate: validation @best (epoch)", "chosen"], rows)
 
 
 def stability(fixed) -> list:
@@ -380,6 +421,30 @@ def plot_cost(fixed, path):
     save(fig, path)
 
 
+def plot_differences(fixed, path):
+    """Method − full fine-tuning by data fraction: mean over seeds with its 95% t interval."""
+    diffs = claims.cell_differences(fixed)
+    tasks = ordered({d["task"] for d in diffs}, TASKS)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7, 5 * len(tasks)), 4.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        methods = ordered({d["method"] for d in diffs if d["task"] == task}, METHODS)
+        for k, method in enumerate(methods):
+            ds = sorted((d for d in diffs if d["task"] == task and d["method"] == method), key=lambda d: d["frac"])
+            x = [d["frac"] + 0.012 * (k - (len(methods) - 1) / 2) for d in ds]  # side by side, not on top
+            err = [[d["mean"] - (d["t_low"] if d["t_low"] is not None else d["mean"]) for d in ds],
+                   [(d["t_high"] if d["t_high"] is not None else d["mean"]) - d["mean"] for d in ds]]
+            ax.errorbar(x, [d["mean"] for d in ds], yerr=err, marker="o", capsize=3, label=method,
+                        color=COLORS.get(method))
+        ticks = sorted({d["frac"] for d in diffs if d["task"] == task})
+        ax.set_xticks(ticks, [f"{f:g}" for f in ticks])
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(title=task, xlabel="fraction of training data", ylabel="method − full (test, x 100)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Difference to full fine-tuning by data fraction\n(mean over seeds, 95% t interval over seeds)")
+    save(fig, path)
+
+
 def save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -392,12 +457,14 @@ def report(root) -> Path:
     if not runs:
         raise SystemExit(f"{root}: no finished results.json below it ({len(ignored)} unfinished)")
     fixed = [r for r in runs if not is_budget(r)]
-    lines = header(runs, ignored)
+    lines = header(runs, ignored) + tuning_table(root)
     plots = []
     if fixed:
         lines += main_tables(fixed) + comparison(fixed) + stability(fixed) + efficiency(fixed)
         plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
                   ("cost.png", plot_cost, fixed)]
+        if claims.cell_differences(fixed):
+            plots.append(("difference_vs_fraction.png", plot_differences, fixed))
     lines += budget_table([r for r in runs if is_budget(r)])
     plots.append(("metric_vs_time.png", plot_time, runs))
     lines += ["## Plots", ""]

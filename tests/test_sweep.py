@@ -245,9 +245,9 @@ def fake_results(task, method, frac, seed, val, test, status="complete", budget=
                        "lora_targets": "query,value"}}
 
 
-def write(root: Path, r):
-    name = f"{r['task']}-{r['method']}-" + (f"budget{r['config']['time_budget']:g}" if r["config"]["time_budget"]
-                                             else f"f{r['frac']:g}") + f"-s{r['seed']}"
+def write(root: Path, r, name=None):
+    name = name or f"{r['task']}-{r['method']}-" + (f"budget{r['config']['time_budget']:g}" if r["config"]["time_budget"]
+                                                     else f"f{r['frac']:g}") + f"-s{r['seed']}"
     (root / name).mkdir(parents=True)
     (root / name / "results.json").write_text(json.dumps(r))
 
@@ -262,7 +262,14 @@ def synthetic(tmp_path):
     for seed, t in enumerate([0.85, 0.87, 0.86]):
         write(tmp_path, fake_results("mrpc", "full", 1.0, seed, [0.7, 0.8, 0.9], [0.5, 0.6, t], trainable=100_000))
     # mrpc bitfit, frac 0.3, one seed: no std
-    write(tmp_path, fake_results("mrpc", "bitfit", 0.3, 0, [0.6, 0.7], [0.61, 0.65]))
+    low = fake_results("mrpc", "bitfit", 0.3, 0, [0.6, 0.7], [0.61, 0.65])
+    low["baseline"] = {"name": "majority", "prediction": 1, "val": {"f1": 0.66}, "test": {"f1": 0.66}}
+    write(tmp_path, low)
+    for lr, val in ((2e-4, 0.7), (2e-3, 0.9)):  # the tuning stage's runs, under tune/
+        tuned = fake_results("mrpc", "lora", 1.0, 0, [val], [0.5])
+        tuned["config"]["lr"] = lr
+        write(tmp_path / "tune", tuned, f"mrpc-lora-f1-s0-lr{lr:g}")
+    (tmp_path / "tuned.json").write_text(json.dumps({"chosen": {"mrpc": {"lora": 2e-3}}}))
     # cola lora with a budget; and one interrupted run that must be ignored
     write(tmp_path, fake_results("cola", "lora", 1.0, 0, [0.2, 0.4, 0.3], [0.25, 0.45, 0.35], budget=10.0))
     write(tmp_path, fake_results("stsb", "adapter", 0.5, 0, [0.1], [0.1], status="interrupted"))
@@ -273,17 +280,22 @@ def synthetic(tmp_path):
 def test_report_tables_match_hand_computation(synthetic):
     text = report.report(synthetic).read_text()
     # method, frac, seeds, @best, @last, best epoch, trainable, %, train time, t95, peak memory
-    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | 2.0 | 1,000 | 1.000 | 30.0 | 20.0 | 512 |" in text
+    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | – | 2.0 | 1,000 | 1.000 | 30.0 | 20.0 | 512 |" in text
     assert "| full | 1 | 3 | 86.00 ± 1.00 |" in text
-    assert "| bitfit | 0.3 | 1 | 65.00 | 65.00 | 2.0 |" in text
+    assert "| bitfit | 0.3 | 1 | 65.00 † | 65.00 | 66.00 | 2.0 |" in text  # the baseline scores 66: not beaten
     # cost at the largest fraction: step-time medians 100, 200, 300 ms over the epochs -> 200
     assert "| mrpc | bitfit | 1 | 3 | 1.000 | 200 | 2000 | 512 |" in text
-    assert "| mrpc | 1 | 86.00 | -4.00 |" in text  # method-vs-full: bitfit's delta
+    # method-vs-full: bitfit's paired differences -5, -3, -4: mean -4, sd 1, t(0.975, 2) = 4.303 -> ±2.48;
+    # no saved predictions, so no bootstrap, and the seed interval alone leaves out zero
+    assert "| mrpc | 1 | bitfit | 3 | -4.00 | [-6.48, -1.52] | – | worse |" in text
+    # the tuning stage's runs make their own table and stay out of the grid: 2e-3 scores best on validation
+    assert "| mrpc | lora | 0.0002: 70.00 (1); **0.002: 90.00 (1)** | 0.002 |" in text
+    assert "| lora | 1 |" not in text
     # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
     assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
     # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
     assert "| cola | lora | matthews | 10 | epoch cap | 1 | 3.0 | 30 | 45.00 | 35.00 | 30.0 | 20.0 | 2000 |" in text
-    assert "ignored 1 unfinished runs: stsb-adapter-f0.5-s0 (interrupted)" in text
+    assert "ignored 1 runs (unfinished, failed, duplicates, not results files): stsb-adapter-f0.5-s0 (interrupted)" in text
     assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
     assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")
     for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):

@@ -1,0 +1,128 @@
+"""Each method against full fine-tuning, with the noise around every difference (numpy only).
+
+A difference between two methods in one cell (task x data fraction) has two sources of noise, and
+each gets its interval:
+  - seeds: d_s = score(method, seed s) - score(full, seed s). Runs of one seed share the training
+    subset and the data order, so the seeds pair naturally. The interval is the 95% Student t
+    interval of the mean of d_s (n - 1 degrees of freedom): mean ± t(0.975, n-1) * sd / sqrt(n).
+  - test examples: GLUE dev has 408 (MRPC) to 1,500 (STS-B) examples; a different sample of the
+    same size would move every score. The paired bootstrap (Efron & Tibshirani 1993, ch. 16;
+    Koehn 2004 for its use on evaluation sets) draws the test examples with replacement B times,
+    scores both methods' best-epoch predictions on the same draw, averages the difference over
+    the seeds, and takes the 2.5th and 97.5th percentiles.
+A difference is called distinguishable only when both intervals leave out zero; otherwise the
+table says "not distinguishable". Scores are x 100, like every table of the report.
+"""
+import math
+from collections import defaultdict
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0  # one fixed stream of draws: the report is the same every time it is made
+
+# Two-sided 95% quantiles t(0.975, df) of Student's t distribution, df = 1..30 (any statistics
+# table; e.g. scipy.stats.t.ppf(0.975, df)); above 30 the normal 1.96 is within 4%.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def t_interval(diffs) -> tuple:
+    """(mean, low, high) of the 95% t interval of the mean; low = high = None for fewer than 2 values."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        return None, None, None
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, None, None
+    t = T975[d.size - 2] if d.size - 1 <= len(T975) else 1.96
+    half = t * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return mean, mean - half, mean + half
+
+
+# The headline metrics on many resamples at once: rows of `preds` and `labels` (R, N) are samples.
+def f1_rows(preds, labels) -> np.ndarray:
+    """metrics.f1 of each row (the positive class is 1; 0 where a row has no positive at all)."""
+    tp = np.sum((preds == 1) & (labels == 1), axis=1)
+    wrong = np.sum(preds != labels, axis=1)  # FP + FN
+    denominator = 2 * tp + wrong
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+def matthews_rows(preds, labels) -> np.ndarray:
+    """metrics.matthews of each row, for two classes {0, 1} (0 where the denominator is 0)."""
+    tp = np.sum((preds == 1) & (labels == 1), axis=1).astype(np.float64)
+    tn = np.sum((preds == 0) & (labels == 0), axis=1).astype(np.float64)
+    fp = np.sum((preds == 1) & (labels == 0), axis=1).astype(np.float64)
+    fn = np.sum((preds == 0) & (labels == 1), axis=1).astype(np.float64)
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1), 0.0)
+
+
+def pearson_rows(x, y) -> np.ndarray:
+    """metrics.pearson of each row (0 where a row is constant)."""
+    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt(np.sum(xc * xc, axis=1) * np.sum(yc * yc, axis=1))
+    r = np.sum(xc * yc, axis=1) / np.where(denominator > 0, denominator, 1)
+    return np.clip(np.where(denominator > 0, r, 0.0), -1.0, 1.0)
+
+
+ROW_METRICS = {"f1": f1_rows, "matthews": matthews_rows, "pearson": pearson_rows}
+
+
+def paired_bootstrap(pairs, labels, metric: str, samples=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED) -> tuple:
+    """(low, high) of the 95% percentile interval of score(a) - score(b), x 100, averaged over the
+    seeds. pairs: [(predictions of a, predictions of b)] one per seed, on the same test examples in
+    the same order as `labels`; every seed is scored on the same resampled examples."""
+    labels = np.asarray(labels)
+    draws = np.random.default_rng(seed).integers(0, labels.size, size=(samples, labels.size))  # (R, N)
+    score = ROW_METRICS[metric]
+    gold = labels[draws]
+    diffs = np.mean([score(np.asarray(a)[draws], gold) - score(np.asarray(b)[draws], gold) for a, b in pairs], axis=0)
+    low, high = np.percentile(100 * diffs, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def cell_differences(fixed: list) -> list:
+    """One dict per (task, frac, method other than full) with paired seeds: the seed differences,
+    their t interval, the bootstrap interval (when every paired run saved its test predictions) and
+    the verdict."""
+    cells = defaultdict(dict)  # (task, frac, method) -> seed -> run
+    for r in fixed:
+        cells[(r["task"], r["frac"], r["method"])][r["seed"]] = r
+    out = []
+    for (task, frac, method), by_seed in cells.items():
+        full = cells.get((task, frac, "full"))
+        if method == "full" or not full:
+            continue
+        seeds = sorted(set(by_seed) & set(full))
+        if not seeds:
+            continue
+        metric = full[seeds[0]]["best"]["metric"]
+        diffs = [100 * (by_seed[s]["best"]["test"][metric] - full[s]["best"]["test"][metric]) for s in seeds]
+        mean, low, high = t_interval(diffs)
+        runs = [(by_seed[s], full[s]) for s in seeds]
+        boot = None
+        if all("test_predictions" in r["best"] for pair in runs for r in pair):
+            boot = paired_bootstrap([(a["best"]["test_predictions"], b["best"]["test_predictions"]) for a, b in runs],
+                                    runs[0][1]["test_labels"], metric)
+        out.append({"task": task, "frac": frac, "method": method, "metric": metric, "seeds": seeds, "diffs": diffs,
+                    "mean": mean, "t_low": low, "t_high": high, "boot": boot, "verdict": verdict(low, high, boot)})
+    return out
+
+
+def verdict(t_low, t_high, boot) -> str:
+    """'better' or 'worse' than full fine-tuning when both intervals leave out zero, else 'not distinguishable'."""
+    intervals = [(t_low, t_high)] + ([boot] if boot else [])
+    if t_low is None:
+        return "too few seeds"
+    if all(low > 0 for low, _ in intervals):
+        return "better"
+    if all(high < 0 for _, high in intervals):
+        return "worse"
+    return "not distinguishable"
+
+
+def interval(low, high) -> str:
+    return "–" if low is None else f"[{low:+.2f}, {high:+.2f}]"

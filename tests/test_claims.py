@@ -1,0 +1,71 @@
+"""claims.py: the intervals around each method's difference to full fine-tuning."""
+import math
+
+import numpy as np
+import pytest
+
+import claims
+import metrics
+
+
+def test_t_interval_by_hand():
+    mean, low, high = claims.t_interval([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2) = 4.303
+    assert mean == 2.0 and math.isclose(high - mean, 4.303 / math.sqrt(3)) and math.isclose(mean - low, high - mean)
+    assert claims.t_interval([5.0]) == (5.0, None, None)
+    assert claims.t_interval([]) == (None, None, None)
+    assert claims.T975[0] == 12.706 and claims.T975[29] == 2.042  # df 1 and df 30 of the table
+
+
+@pytest.mark.parametrize("metric, reference", [("f1", metrics.f1), ("matthews", metrics.matthews),
+                                               ("pearson", metrics.pearson)])
+def test_row_metrics_equal_metrics_py(metric, reference):
+    rng = np.random.default_rng(0)
+    if metric == "pearson":
+        preds, labels = rng.normal(size=(40, 30)), rng.normal(size=(40, 30))
+        preds[0] = 1.5  # a constant row: r is undefined, 0 by definition
+    else:
+        preds, labels = rng.integers(0, 2, size=(40, 30)), rng.integers(0, 2, size=(40, 30))
+        preds[0], preds[1], labels[2] = 0, 1, 0  # no positive predicted; all positive; no positive label
+    rows = claims.ROW_METRICS[metric](preds, labels)
+    expected = [reference(p, g) for p, g in zip(preds, labels)]
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-12)
+
+
+def test_paired_bootstrap():
+    labels = np.array([0, 1] * 50)
+    same = claims.paired_bootstrap([(labels, labels)], labels, "f1")
+    assert same == (0.0, 0.0)  # identical predictions: every resample gives a difference of exactly 0
+    wrong = 1 - labels
+    low, high = claims.paired_bootstrap([(labels, wrong), (labels, wrong)], labels, "matthews")
+    assert low == high == 200.0  # Matthews +1 against -1, x 100, on every draw
+    noisy = labels.copy()
+    noisy[:10] = 1 - noisy[:10]  # 10 errors in 100
+    low, high = claims.paired_bootstrap([(labels, noisy)], labels, "f1")
+    assert 0 < low < 100 * (1 - metrics.f1(noisy, labels)) < high
+
+
+def run(task, method, frac, seed, score, preds=None, labels=None):
+    metric = {"mrpc": "f1", "stsb": "pearson"}[task]
+    best = {"metric": metric, "test": {metric: score}, "val": {metric: score}, "epoch": 1}
+    if preds is not None:
+        best["test_predictions"] = list(preds)
+    return {"task": task, "method": method, "frac": frac, "seed": seed, "best": best, "test_labels": labels}
+
+
+def test_cell_differences_pair_seeds_and_give_verdicts():
+    labels = [0, 1] * 100
+    good, bad = labels, [1 - x for x in labels[:40]] + labels[40:]  # bad: 40 errors
+    runs = [run("mrpc", "full", 1.0, s, metrics.f1(bad, labels), bad, labels) for s in (0, 1, 2)]
+    runs += [run("mrpc", "lora", 1.0, s, metrics.f1(good, labels) - 0.001 * s, good, labels) for s in (0, 1, 2, 3)]
+    runs += [run("mrpc", "bitfit", 1.0, s, metrics.f1(bad, labels) + d) for s, d in ((0, 0.01), (1, -0.01))]
+    diffs = {d["method"]: d for d in claims.cell_differences(runs)}
+    assert set(diffs) == {"lora", "bitfit"}  # full is the reference, not a row
+    lora = diffs["lora"]
+    assert lora["seeds"] == [0, 1, 2]  # seed 3 has no full run to pair with
+    assert lora["boot"][0] > 0 and lora["t_low"] > 0 and lora["verdict"] == "better"
+    bitfit = diffs["bitfit"]
+    assert bitfit["boot"] is None  # no saved predictions: no bootstrap, the seed interval alone
+    assert math.isclose(bitfit["mean"], 0.0, abs_tol=1e-9) and bitfit["verdict"] == "not distinguishable"
+    assert claims.verdict(-3.0, -1.0, (-2.0, 0.5)) == "not distinguishable"  # the bootstrap spans zero
+    assert claims.verdict(-3.0, -1.0, (-2.0, -0.5)) == "worse"
+    assert claims.verdict(None, None, None) == "too few seeds"
