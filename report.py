@@ -44,7 +44,7 @@ def load(root: Path, tuning=False):
         r = read_run(path)
         r["dir"] = path.parent.relative_to(root).as_posix()
         (runs if r.get("status") in DONE else ignored).append(r)
-    return flag_duplicates(runs, ignored)
+    return flag_duplicates(runs, ignored, tuning)
 
 
 RESULTS_KEYS = ("task", "method", "frac", "seed", "status", "config", "params", "best", "evals", "epochs",
@@ -64,13 +64,14 @@ def read_run(path: Path) -> dict:
     return r
 
 
-def flag_duplicates(runs, ignored):
-    """Two finished runs of one (task, method, frac, seed, budget or not) in one study would both be
-    counted in a cell as if they were two seeds: the first (by directory) is kept, every other one is
-    moved to the ignored runs, marked as a duplicate of it. -> (runs, ignored)."""
+def flag_duplicates(runs, ignored, tuning=False):
+    """Two finished runs of one (task, method, frac, seed, budget or not; and rate, among tuning runs)
+    in one study would both be counted in a cell as if they were two seeds: the first (by directory)
+    is kept, every other one is moved to the ignored runs, marked as a duplicate of it. -> (runs, ignored)."""
     first, kept = {}, []
     for r in runs:
-        key = (r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0)
+        key = (r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0,
+               r["config"].get("lr") if tuning else None)
         if key in first:
             ignored.append({**r, "status": f"duplicate of {first[key]['dir']}"})
         else:
