@@ -28,45 +28,55 @@ The whole trainable set of a method is one row of TRAINABLE: anchored regexes ov
 """
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch.nn as nn
 
-# re-exported: adapters is the one import for every method
-from ia3 import IA3_TARGETS, IA3Linear, add_ia3, ia3_layers, merge_ia3, unmerge_ia3  # noqa: F401
-from lora import LORA_TARGETS, LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora  # noqa: F401
+from ia3 import IA3_TARGETS, IA3Linear, add_ia3
+from lora import LORA_TARGETS, LoRALinear, add_lora
 from model import ACTIVATIONS
-from prompts import PrefixEncoder, SoftPrompt, add_prefix, add_prompt, merge_prefix  # noqa: F401
+from prompts import add_prefix, add_prompt
 
 METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")
 SOLO = {"full": "it already trains every parameter", "head": "every method already trains the task head"}
-ADAPTER_SLOTS = {  # placement -> slots (module paths inside bert.encoder.layer.N) that get an Adapter
-    "houlsby": ("attention.output", "output"),  # two per layer (Houlsby et al., 2019, Fig. 2)
-    "pfeiffer": ("output",),  # one per layer, in the FFN slot: the position Pfeiffer et al. (2021,
-}  # AdapterFusion) chose; their adapter's own LayerNorm/residual wiring is not reproduced
+# placement -> slots (module paths inside bert.encoder.layer.N) that get an Adapter. houlsby: two per
+# layer (Houlsby et al., 2019, Fig. 2). pfeiffer: one per layer, in the FFN slot, the position Pfeiffer
+# et al. (2021, AdapterFusion) chose; their adapter's own LayerNorm/residual wiring is not reproduced.
+ADAPTER_SLOTS = {"houlsby": ("attention.output", "output"), "pfeiffer": ("output",)}
 
 
 @dataclass
 class MethodConfig:
-    method: str  # one of METHODS
-    adapter_size: int = 64  # m, the bottleneck width; Houlsby sec. 3.1 sweeps m in {8, 64, 256}
-    adapter_placement: str = "houlsby"  # a key of ADAPTER_SLOTS
-    adapter_act: str = "gelu"  # bottleneck nonlinearity, a key of model.ACTIVATIONS (adapter-bert: gelu)
-    adapter_init_std: float = 1e-3  # truncated normal (+-2 std) for down/up weights: adapter-bert's
-    # init_scale; Houlsby sec. 3.6 finds results robust for std below 1e-2
-    lora_r: int = 8  # rank r (Hu et al. sec. 7.2); 8 as in their RoBERTa GLUE runs (Table 9)
-    lora_alpha: float = 16  # update scaled by alpha / r; 16 as in microsoft/LoRA examples/NLU scripts
-    lora_dropout: float = 0.0  # on the LoRA path's input. 0.0: the RoBERTa/DeBERTa GLUE code
-    # (microsoft/LoRA examples/NLU) builds lora.Linear without lora_dropout (loralib default 0.0);
-    # the paper's 0.1 is for GPT-2 on E2E (Table 11).
-    lora_targets: tuple = ("query", "value")  # keys of lora.LORA_TARGETS; W_q, W_v: the paper's GLUE
-    # setting (sec. 5.1; sec. 7.1 compares other choices)
-    prompt_length: int = 20  # V virtual tokens. Lester et al. sec. 3.2 (Fig. 3a): beyond 20 tokens the
-    # gains are marginal (they used 100 for T5); each token lengthens every sequence, 128 -> 148 here
-    prefix_length: int = 20  # P prefix positions per layer; Li & Liang sec. 7.1 find 200 best for
-    # summarisation, 10 for table-to-text; 20 is PEFT's usual num_virtual_tokens
-    prefix_hidden: int = 512  # width of the reparameterisation MLP (sec. 4.3); 512 is the reference
-    # code's mid_dim (XiangLi1999/PrefixTuning)
+    """A method and its options; each field is also a train.py flag (config.py), its comment the help.
+
+    Where the defaults come from:
+      adapter_size 64: Houlsby et al. (2019) sec. 3.1 sweep m in {8, 64, 256}.
+      adapter_act gelu, adapter_init_std 1e-3: adapter-bert's nonlinearity and init_scale; Houlsby
+          sec. 3.6 finds results robust for std below 1e-2.
+      lora_r 8: Hu et al. (2021) sec. 7.2 find r = 1..8 enough; 8 as in their RoBERTa GLUE runs (Table 9).
+      lora_alpha 16: the microsoft/LoRA examples/NLU scripts.
+      lora_dropout 0.0: the RoBERTa/DeBERTa GLUE code (microsoft/LoRA examples/NLU) builds lora.Linear
+          without lora_dropout (loralib's default 0.0); the paper's 0.1 is for GPT-2 on E2E (Table 11).
+      lora_targets query, value: W_q, W_v, the paper's GLUE setting (sec. 5.1; sec. 7.1 compares others).
+      prompt_length 20: Lester et al. (2021) sec. 3.2 (Fig. 3a) find gains marginal beyond 20 tokens
+          (they used 100 for T5); each token lengthens every sequence, 128 -> 148 here.
+      prefix_length 20: Li & Liang (2021) sec. 7.1 find 200 best for summarisation, 10 for
+          table-to-text; 20 is PEFT's usual num_virtual_tokens.
+      prefix_hidden 512: the reparameterisation MLP's width (sec. 4.3), the reference code's mid_dim
+          (XiangLi1999/PrefixTuning).
+    """
+    method: str = "full"  # full, bitfit, adapter, lora, head, prompt, prefix, ia3 (METHODS), or several joined by "+" (bitfit+lora; not full, head)
+    adapter_size: int = 64  # m, the adapters' bottleneck width
+    adapter_placement: str = "houlsby"  # which adapter slots are filled, a key of ADAPTER_SLOTS
+    adapter_act: str = "gelu"  # the bottleneck's nonlinearity, a key of model.ACTIVATIONS
+    adapter_init_std: float = 1e-3  # std of the adapters' truncated-normal (+-2 std) down/up weights
+    lora_r: int = 8  # LoRA's rank r
+    lora_alpha: float = 16.0  # LoRA's update is scaled by alpha / r
+    lora_dropout: float = 0.0  # dropout on the LoRA path's input
+    lora_targets: tuple = ("query", "value")  # the Linear layers LoRA adapts, keys of lora.LORA_TARGETS
+    prompt_length: int = 20  # V, prompt tuning's virtual tokens
+    prefix_length: int = 20  # P, prefix tuning's positions per layer
+    prefix_hidden: int = 512  # width of prefix tuning's reparameterisation MLP
 
     def __post_init__(self):
         self.method = canonical_method(self.method)  # "lora+bitfit" -> "bitfit+lora"; unknown names raise
@@ -104,8 +114,8 @@ class MethodConfig:
     @classmethod
     def from_json(cls, text: str) -> "MethodConfig":
         raw = json.loads(text)
-        raw["lora_targets"] = tuple(raw["lora_targets"])  # JSON has no tuples
-        return cls(**raw).validate()
+        tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}  # JSON has no tuples
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in raw.items()}).validate()
 
 
 def method_problem(method: str):
@@ -192,6 +202,33 @@ def is_trainable(name: str, method: str) -> bool:
     """A hybrid trains the union: a parameter trains iff some part's row matches it. (bitfit's bias
     pattern also claims the biases of modules other parts add; the audit counts those as shared.)"""
     return any(re.search(p, name) for part in method_parts(method) for p in TRAINABLE[part])
+
+
+# ------------------------------------------------------------------ merging into the weights
+MERGEABLE = (LoRALinear, IA3Linear)  # layers whose update folds into the frozen weight, and back
+
+
+def mergeable_layers(model: nn.Module) -> list:
+    """(name, layer) for every LoRA and (IA)^3 layer in the model."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MERGEABLE)]
+
+
+def merge(model: nn.Module) -> int:
+    """merge() every LoRA and (IA)^3 layer; returns how many there are. Idempotent, and only ever an
+    explicit call (never .eval()). Prefixes merge one way only: prompts.merge_prefix."""
+    layers = mergeable_layers(model)
+    for _, m in layers:
+        m.merge()
+    return len(layers)
+
+
+def unmerge(model: nn.Module) -> int:
+    """unmerge() every LoRA and (IA)^3 layer, restoring the stored weights bit for bit; returns how
+    many there are. Idempotent."""
+    layers = mergeable_layers(model)
+    for _, m in layers:
+        m.unmerge()
+    return len(layers)
 
 
 def trainable_params(model: nn.Module) -> list:

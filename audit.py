@@ -8,14 +8,12 @@ training; `verify_frozen` compares them bit for bit afterwards.
 """
 import hashlib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from adapters import is_trainable, method_parts
-from ia3 import ia3_layers
-from lora import lora_layers
+from adapters import is_trainable, mergeable_layers, method_parts
 
 GROUPS = (  # disjoint by construction: every parameter must match exactly one (checked in group_of)
     ("embeddings", r"^bert\.embeddings\.(word|position|token_type)_embeddings\.weight$"),
@@ -63,10 +61,6 @@ class Audit:
             out += [f"{part:<11}{claimed:>13,}{alone:>13,}" for part, claimed, alone in self.parts]
         out.append(self.line())
         return "\n".join(out)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "rows": [list(r) for r in self.rows], "parts": [list(r) for r in self.parts],
-                "trainable_pct": 100 * self.trainable / self.total}
 
 
 def audit(model: nn.Module, trainable: list, method: str = "") -> Audit:
@@ -121,10 +115,9 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 def _require_unmerged(model):
-    merged = [n for n, m in lora_layers(model) + ia3_layers(model) if m.merged]
+    merged = [n for n, m in mergeable_layers(model) if m.merged]
     if merged:  # merging writes W + dW (or l * W) into the frozen weight; the proof is about W itself
-        raise RuntimeError(f"LoRA / (IA)^3 layers are merged ({merged[0]}, ...): call unmerge_lora(model) / "
-                           "unmerge_ia3(model) first")
+        raise RuntimeError(f"LoRA / (IA)^3 layers are merged ({merged[0]}, ...): call adapters.unmerge(model) first")
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -145,11 +138,3 @@ def verify_frozen(model: nn.Module, fp: dict) -> dict:
     if moved:
         return {"verdict": "failed", "checked": len(fp), "moved": moved}
     return {"verdict": "passed", "checked": len(fp)}
-
-
-def assert_frozen(model: nn.Module, fp: dict) -> dict:
-    """verify_frozen, raising RuntimeError naming the moved tensors: what the training loop calls."""
-    result = verify_frozen(model, fp)
-    if result["verdict"] != "passed":
-        raise RuntimeError(f"frozen tensors moved during training: {result['moved']}")
-    return result

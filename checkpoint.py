@@ -1,10 +1,12 @@
-"""Finding a pretrained checkpoint and loading its safetensors into our BERT, with a report.
+"""Finding a pretrained checkpoint and loading its safetensors into our BERT, with a report:
+`load_pretrained` is the one call that gives a (model, tokenizer) with the pretrained weights in.
 
 The whole key mapping is `map_key`: an optional `bert.` prefix, the legacy TF-era suffixes
 `LayerNorm.gamma/beta` renamed to `weight/bias`, and keys deliberately ignored (pretraining
 heads `cls.*`, `position_ids` buffers, and the pooler when mean pooling leaves it out). Every
 other difference between checkpoint and model is an error that names the keys.
 """
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from model import BertConfig, BertForSequenceClassification
+from tokenizer import BertTokenizer
+
+DEFAULT_MODEL = "google-bert/bert-base-uncased"  # the paper's model
 MINILM_ALIAS = "minilm"
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "vocab.txt", "1_Pooling/config.json"]
@@ -131,3 +137,28 @@ def load_state_dict(model: torch.nn.Module, path) -> LoadReport:
             report.loaded.append(new)
     report.new = missing
     return report
+
+
+def read_pooling(model_dir):
+    """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config."""
+    path = Path(model_dir) / "1_Pooling" / "config.json"
+    if path.is_file() and json.loads(path.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"
+
+
+def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verbose=True):
+    """Load pretrained weights and tokenizer: returns (model, tokenizer).
+
+    name_or_path: a local directory, the alias "minilm", or a Hugging Face hub repo id.
+    pooling: "cls" or "mean"; None takes what the checkpoint declares (see read_pooling).
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    pooling = pooling or read_pooling(model_dir)
+    config = BertConfig.from_json(model_dir / "config.json", num_labels=num_labels, pooling=pooling)
+    model = BertForSequenceClassification(config)
+    report = load_state_dict(model, model_dir / "model.safetensors")
+    if verbose:
+        print(f"model {name_or_path} ({model_dir}): pooling {pooling}")
+        print(report.summary())
+    return model, BertTokenizer.from_dir(model_dir)

@@ -1,28 +1,23 @@
 """A run's configuration: the TrainConfig dataclass, its command line, and per-method defaults.
 
-Every field is a flag (`lora_r` -> `--lora-r`); every bad value is an error before anything loads.
+One declaration per option: every field of TrainConfig and of adapters.MethodConfig is a flag
+(`lora_r` -> `--lora-r`), its type the annotation's and its --help the comment on its line; a new
+field becomes a flag with no other edit. Every bad value is an error before anything loads.
 """
 import argparse
+import inspect
 import math
 import re
 import sys
+import textwrap
 from dataclasses import dataclass, field, fields
 
 import adapters
 import glue
-from lora import LORA_TARGETS
-from model import DEFAULT_MODEL
+from checkpoint import DEFAULT_MODEL
+from model import ACTIVATIONS
+from precision import AMP_CHOICES
 
-# Learning rates by method. Full fine-tuning: BERT paper's range (2e-5..5e-5, sec. A.3).
-# BitFit: 1e-3 (Ben Zaken et al. 2022, sec. 3.1 searched 1e-4..1e-3). Adapters: 5e-4 (Houlsby et
-# al. 2019, sec. 3.1 searched 3e-5..3e-3). LoRA: 5e-4 (Hu et al. 2021, tab. 9, RoBERTa-base GLUE
-# 4e-4..5e-4). Head only: 1e-3, a linear probe. See README "Protocol" for the runs behind them.
-# Prompt: 3e-3. Lester et al. (2021, sec. 3) use 0.3 with Adafactor on T5, whose embeddings are far
-# larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have element
-# std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale in ~20 steps.
-# Prefix: 5e-4, as for adapters: the reparameterisation MLP is a small network trained from scratch,
-# like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches). (IA)^3: 3e-3, the
-# rate of the T-Few recipe (Liu et al. 2022), which trains only the l vectors. Not yet tuned here.
 DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head": 1e-3,
               "prompt": 3e-3, "prefix": 5e-4, "ia3": 3e-3}
 
@@ -30,8 +25,27 @@ DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head
 def default_lr(method: str) -> float:
     """DEFAULT_LR of a method; a hybrid takes the smallest of its parts' rates. One optimizer steps
     every part with one rate; the smallest is one every part is known to train stably at, where the
-    largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses."""
+    largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses.
+
+    Where the rates come from (README "Protocol" has the runs behind them):
+      full 2e-5: the BERT paper's range (2e-5..5e-5, sec. A.3).
+      bitfit 1e-3: Ben Zaken et al. (2022) sec. 3.1 searched 1e-4..1e-3.
+      adapter 5e-4: Houlsby et al. (2019) sec. 3.1 searched 3e-5..3e-3.
+      lora 5e-4: Hu et al. (2021) Table 9, RoBERTa-base GLUE 4e-4..5e-4.
+      head 1e-3: a linear probe.
+      prompt 3e-3: Lester et al. (2021) sec. 3 use 0.3 with Adafactor on T5, whose embeddings are far
+          larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have
+          element std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale
+          in ~20 steps.
+      prefix 5e-4: as for adapters: the reparameterisation MLP is a small network trained from
+          scratch, like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches).
+      ia3 3e-3: the T-Few recipe's rate (Liu et al. 2022), which trains only the l vectors.
+    Not yet tuned here."""
     return min(DEFAULT_LR[part] for part in adapters.method_parts(method))
+
+
+METHOD_HELP = (f"one of {', '.join(adapters.METHODS)}, or a hybrid of several joined by '+' "
+               "(e.g. bitfit+lora; full and head cannot be parts)")
 
 
 def method_flag(text: str) -> str:
@@ -54,50 +68,76 @@ METHOD_HELP = (f"one of {', '.join(adapters.METHODS)}, or a hybrid of several jo
 
 @dataclass
 class TrainConfig:
-    task: str = opt("mrpc", "GLUE task")
-    method: str = opt("full", METHOD_HELP)
-    frac: float = opt(1.0, "fraction of the training pool, in (0, 1]; nested across fractions")
-    epochs: int = opt(15, "epochs; the paper's protocol trains 15-20 and watches for overfitting")
-    time_budget: float = opt(0.0, "minutes of training time (evaluation excluded); 0 = no budget")
-    seed: int = opt(0, "seed of the data fraction, shuffling, init of new weights, dropout")
-    model: str = opt(DEFAULT_MODEL, "local checkpoint directory, 'minilm', or a Hugging Face hub id")
-    pooling: str = opt("", "cls or mean; '' = what the checkpoint declares")
-    data_dir: str = opt("", "GLUE directory; '' = $GLUE_DIR, else ~/.cache/bertfit/glue_data (downloaded on "
-                            "first use; an explicit directory is never downloaded into)")
-    out: str = opt("", "run directory; '' = runs/{task}-{method}-f{frac}-s{seed}")
-    lr: float = opt(0.0, "peak learning rate; 0 = the method's default (config.DEFAULT_LR)")
-    batch_size: int = opt(32, "training batch size")
-    eval_batch_size: int = opt(128, "evaluation batch size (inference mode affords larger batches)")
-    max_length: int = opt(128, "tokens per example after longest-first truncation, [CLS] and [SEP]s included")
-    weight_decay: float = opt(0.01, "AdamW decoupled weight decay, not applied to biases and LayerNorm")
-    warmup: float = opt(0.06, "fraction of the planned steps (or of --time-budget) for linear warm-up")
-    grad_clip: float = opt(1.0, "max global gradient norm")
-    amp: str = opt("auto", "autocast precision: auto (bf16 where the hardware has it), bf16, fp16 (CUDA), off")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    eval_every: int = opt(0, "also evaluate every K training steps; 0 = only at epoch ends")
-    compile: bool = opt(False, "torch.compile the model")
-    audit: bool = opt(False, "print the trainable-parameter table and exit")
-    resume: bool = opt(False, "continue the run in --out from its resume.pt (refused if it is another run)")
-    overwrite: bool = opt(False, "delete another run's files in --out first (RUN_FILES in rundir.py)")
-    debug: bool = opt(False, "show the traceback of an error instead of one 'error:' line")
-    # method options (adapters.MethodConfig explains each default)
-    adapter_size: int = opt(64, "adapter bottleneck width m")
-    adapter_placement: str = opt("houlsby", "houlsby (two adapters per layer) or pfeiffer (one, after the FFN)")
-    lora_r: int = opt(8, "LoRA rank r")
-    lora_alpha: float = opt(16.0, "LoRA scale: the update is multiplied by alpha / r")
-    lora_dropout: float = opt(0.0, "dropout on the LoRA path's input, in [0, 1)")
-    lora_targets: str = opt("query,value", f"comma list of the layers LoRA adapts, from {', '.join(LORA_TARGETS)}")
-    prompt_length: int = opt(20, "virtual tokens of prompt tuning; they take positions: "
-                                 "prompt length + --max-length <= the model's positions")
-    prefix_length: int = opt(20, "prefix positions per layer of prefix tuning (keys/values only, no positions)")
-    prefix_hidden: int = opt(512, "width of prefix tuning's reparameterisation MLP")
+    """One training run's settings; with the method's (`options`), every flag of train.py."""
+    task: str = "mrpc"  # GLUE task
+    frac: float = 1.0  # fraction of the training pool, in (0, 1]; nested across fractions
+    epochs: int = 15  # the paper's protocol trains 15-20 epochs and watches for overfitting
+    time_budget: float = 0.0  # minutes of training time (evaluation excluded); 0 = no budget
+    seed: int = 0  # data fraction, shuffling, init of new weights, dropout
+    model: str = DEFAULT_MODEL  # local directory, "minilm", or Hugging Face hub id
+    pooling: str = ""  # "" = what the checkpoint declares
+    data_dir: str = ""  # GLUE directory; "" = $GLUE_DIR, else ~/.cache/bertfit/glue_data (the only one downloaded into)
+    out: str = ""  # run directory; "" = runs/{task}-{method}-f{frac}-s{seed}
+    lr: float = 0.0  # peak learning rate; 0 = default_lr(method)
+    batch_size: int = 32  # training examples per step
+    eval_batch_size: int = 128  # evaluation runs in inference mode, so it affords larger batches
+    max_length: int = 128  # tokens per example after longest-first truncation, [CLS] and [SEP]s included
+    weight_decay: float = 0.01  # AdamW decoupled decay, not applied to biases and LayerNorm
+    warmup: float = 0.06  # fraction of planned steps (or of --time-budget) for linear warm-up (RoBERTa/LoRA recipe)
+    grad_clip: float = 1.0  # max global gradient norm
+    amp: str = "auto"  # autocast precision; auto = bf16 where the hardware has it
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    eval_every: int = 0  # also evaluate every K training steps; 0 = only at epoch ends
+    compile: bool = False  # torch.compile the model
+    audit: bool = False  # print the trainable-parameter table and exit
+    resume: bool = False  # continue the run in --out from its resume.pt (refused if resume.pt is another run's)
+    overwrite: bool = False  # delete another run's files in --out first (rundir.RUN_FILES)
+    debug: bool = False  # show the traceback of an error instead of one "error:" line
+    options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)  # the method and its options
 
-    def method_config(self) -> "adapters.MethodConfig":
-        return adapters.MethodConfig(
-            method=self.method, adapter_size=self.adapter_size, adapter_placement=self.adapter_placement,
-            lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-            lora_targets=tuple(t for t in self.lora_targets.split(",") if t), prompt_length=self.prompt_length,
-            prefix_length=self.prefix_length, prefix_hidden=self.prefix_hidden)
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    def record(self) -> dict:
+        """results.json's "config": every flag's value, the method's options flattened beside the
+        run's (a tuple as the comma list the flag takes)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        method = {f.name: getattr(self.options, f.name) for f in fields(self.options)}
+        return {**own, **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in method.items()}}
+
+
+CHOICES = {"task": sorted(glue.TASKS), "amp": AMP_CHOICES, "pooling": ("cls", "mean"),
+           "adapter_placement": tuple(adapters.ADAPTER_SLOTS), "adapter_act": tuple(ACTIVATIONS)}
+TYPES = {"method": method_flag}  # hybrids: not a fixed list of choices
+
+
+def comma_list(text: str) -> tuple:
+    return tuple(t for t in text.split(",") if t)
+
+
+def field_help(cls) -> dict:
+    """{field: the comment on its line} from the dataclass's source: a field's comment is its --help."""
+    return dict(re.findall(r"^    (\w+): [^#\n]+#\s*(.+)$", textwrap.dedent(inspect.getsource(cls)), flags=re.M))
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, skip=()):
+    """One flag per field of the dataclass `cls`, of the field's type: bools switch on and off
+    (--compile, --no-compile), tuples take a comma list."""
+    helps = field_help(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        if f.name not in helps:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a comment on its line: it is the flag's --help")
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        if f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps[f.name])
+            continue
+        kind = TYPES.get(f.name) or (comma_list if f.type is tuple else f.type)
+        shown = ",".join(default) if f.type is tuple else default
+        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
+                            help=f"{helps[f.name]} (default: {shown!s})")
 
 
 def finite(x) -> bool:
@@ -108,7 +148,7 @@ MIN_MAX_LENGTH = 8  # [CLS] A [SEP] B [SEP] is 3 special tokens: 8 leaves a pair
 
 # The allowed values of every numeric or free-text field: name -> (test, what is allowed). One function
 # applies them (check_values); sweep.py and bench.py apply the same entries to the flags they share.
-# Fields with a fixed list of values (task, amp, pooling, adapter_placement) are argparse choices
+# Fields with a fixed list of values (task, amp, pooling, adapter_placement, adapter_act) are argparse choices
 # (CHOICES); method and lora_targets are checked by adapters (method_flag, MethodConfig.validate).
 CHECKS = {
     "frac": (lambda x: finite(x) and 0 < x <= 1, "in (0, 1]"),
@@ -128,6 +168,7 @@ CHECKS = {
     "device": (lambda x: re.fullmatch(r"auto|cpu|cuda(:\d+)?", x) is not None, "auto, cpu, cuda or cuda:N"),
     "eval_every": (lambda x: x >= 0, ">= 0 (0 = only at epoch ends)"),
     "adapter_size": (lambda x: x >= 1, ">= 1"),
+    "adapter_init_std": (lambda x: finite(x) and x > 0, "finite and > 0"),
     "lora_r": (lambda x: x >= 1, ">= 1"),
     "lora_alpha": (lambda x: finite(x) and x > 0, "finite and > 0"),
     "lora_dropout": (lambda x: finite(x) and 0 <= x < 1, "in [0, 1)"),
@@ -135,8 +176,6 @@ CHECKS = {
     "prefix_length": (lambda x: x >= 1, ">= 1"),
     "prefix_hidden": (lambda x: x >= 1, ">= 1"),
 }
-CHOICES = {"task": sorted(glue.TASKS), "amp": ["auto", "bf16", "fp16", "off"], "pooling": ["cls", "mean"],
-           "adapter_placement": list(adapters.ADAPTER_SLOTS)}
 
 
 def value_problem(name: str, value, flag: str = None):
@@ -149,13 +188,14 @@ def value_problem(name: str, value, flag: str = None):
 
 def check_values(cfg: TrainConfig) -> list:
     """Every problem with cfg's values, one line each naming the flag and what it allows; [] if none."""
-    problems = [value_problem(f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name in CHECKS]
+    values = cfg.record()  # the method's options beside the run's fields
+    problems = [value_problem(name, value) for name, value in values.items() if name in CHECKS]
     problems = [p for p in problems if p]
     if cfg.resume and cfg.overwrite:
         problems.append("--resume and --overwrite contradict each other: continue the run, or delete it")
     if not problems:
         try:
-            cfg.method_config().validate()
+            cfg.options.validate()
         except ValueError as e:
             problems.append(str(e))
     return problems
@@ -164,40 +204,27 @@ def check_values(cfg: TrainConfig) -> list:
 def check_positions(cfg: TrainConfig, max_positions: int):
     """Raise ValueError unless the longest sequence fits the model's position table: --max-length,
     plus the virtual tokens of prompt tuning (prefixes take no positions). Needs the model's config."""
-    prompt = cfg.prompt_length if "prompt" in adapters.method_parts(cfg.method) else 0
+    prompt = cfg.options.prompt_length if "prompt" in adapters.method_parts(cfg.method) else 0
     if cfg.max_length + prompt > max_positions:
         what = f"--max-length {cfg.max_length} + --prompt-length {prompt}" if prompt else f"--max-length {cfg.max_length}"
         raise ValueError(f"{what} > the {max_positions} positions of --model {cfg.model}: "
                          f"shorten {'--max-length or --prompt-length' if prompt else '--max-length'}")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends '(default: X)' to every flag's help, except where the help already says what '' means
-    and for on/off switches."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is False or action.default in ("", None) else super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainConfig field (`lora_r` -> `--lora-r`), its help from the field."""
-    p = argparse.ArgumentParser(prog="train.py", description="Fine-tune BERT on one GLUE task with one method.",
-                                formatter_class=HelpFormatter)
-    types = {"method": method_flag}  # hybrids: not a fixed list of choices
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            p.add_argument(flag, type=types.get(f.name, type(f.default)), default=f.default,
-                           choices=CHOICES.get(f.name), help=f.metadata["help"])
+    """train.py's command line: a flag per field of TrainConfig and of adapters.MethodConfig."""
+    p = argparse.ArgumentParser(prog="train.py", description="Fine-tune BERT on one GLUE task with one method.")
+    add_flags(p, TrainConfig, skip=("options",))
+    add_flags(p, adapters.MethodConfig)
     return p
 
 
 def parse_args(argv=None) -> TrainConfig:
     """CLI -> TrainConfig; every bad value is an error before anything loads."""
     p = build_parser()
-    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    args = vars(p.parse_args(argv))
+    options = {f.name: args.pop(f.name) for f in fields(adapters.MethodConfig)}
+    cfg = TrainConfig(**args, options=adapters.MethodConfig(**options))
     for problem in check_values(cfg)[:1]:
         p.error(problem)
     cfg.lr = cfg.lr or default_lr(cfg.method)

@@ -25,23 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from glue import Task, get_task
-from glue.download import ensure_task
+from glue.download import ensure_task, resolve_data_dir
 from glue.task import SPLITS
 
-DEFAULT_DATA_DIR = "~/.cache/bertfit/glue_data"
 SPLIT_SEED = 1234  # draws the validation split; fixed forever, never the run seed
 VAL_FRACTION = 0.1
 SCORE_BINS = 5  # strata of a regression score: equal-width bins over Task.score_range
 BUCKET_CHUNK = 50  # length-bucketing sorts chunks of this many batches
 CACHE_VERSION = b"bertfit-encoded-v1"  # change when the cache layout or parsing changes
-_MEMORY_CACHE = {}  # cache key -> EncodedSplit for the life of the process; callers share them: read-only
-
-
-def resolve_data_dir(arg=None) -> Path:
-    """The GLUE data directory: `arg` (--data-dir) if given, else $GLUE_DIR, else ~/.cache/bertfit/glue_data."""
-    return Path(os.path.expanduser(str(arg or os.environ.get("GLUE_DIR") or DEFAULT_DATA_DIR)))
 
 
 def check_task_files(task_name: str, data_dir_arg=None) -> Path:
@@ -190,24 +184,24 @@ def _load(path: Path) -> EncodedSplit:
 
 
 def _tokenizer_identity(tokenizer) -> bytes:
-    """The tokenizer's serialization without truncation settings: each BertTokenizer call sets its
-    own (max_length is a separate part of the cache key), so clearing them here changes nothing."""
-    tokenizer.tok.no_truncation()
-    return tokenizer.tok.to_str().encode()
+    """The tokenizer's serialization without its truncation setting, which each BertTokenizer call
+    sets for itself (max_length is a separate part of the cache key). Read from a copy: the
+    tokenizer itself is left as it was."""
+    copy = Tokenizer.from_str(tokenizer.tok.to_str())
+    copy.no_truncation()
+    return copy.to_str().encode()
 
 
 def encode_split(task, split: str, tokenizer, data_dir, max_length: int = 128, cache_dir=None) -> EncodedSplit:
-    """Tokenize one of GLUE's files once per (file contents, tokenizer, max_length): cached in memory
-    and on disk in cache_dir (default data_dir/.cache), keyed by a sha256 of the tokenizer's
-    serialization (`tokenizer.tok.to_str()`), max_length, the task's reading rules and the file's bytes."""
+    """Tokenize one of GLUE's files once per (file contents, tokenizer, max_length): cached on disk in
+    cache_dir (default data_dir/.cache), keyed by a sha256 of the tokenizer's serialization
+    (`tokenizer.tok.to_str()`), max_length, the task's reading rules and the file's bytes."""
     task, data_dir = _task(task), Path(data_dir)
     spec = task.files[split]
     rules = repr((task.name, task.num_labels, task.score_range, spec)).encode()
     raw = (data_dir / task.dir_name / spec.name).read_bytes()
     key = hashlib.sha256(b"\0".join([CACHE_VERSION, _tokenizer_identity(tokenizer), str(max_length).encode(),
                                      rules, raw])).hexdigest()
-    if key in _MEMORY_CACHE:
-        return _MEMORY_CACHE[key]
     path = Path(cache_dir or data_dir / ".cache") / f"{task.name}-{split}-{key[:20]}.npz"
     if path.is_file():
         encoded = _load(path)
@@ -217,7 +211,6 @@ def encode_split(task, split: str, tokenizer, data_dir, max_length: int = 128, c
             _save(path, encoded)
         except OSError as e:  # a read-only data directory only costs the disk cache
             warnings.warn(f"{path}: cannot write the tokenization cache ({e})")
-    _MEMORY_CACHE[key] = encoded
     return encoded
 
 
@@ -254,8 +247,8 @@ class TaskData:
 
 def load_task_data(task_name: str, tokenizer, data_dir=None, max_length: int = 128, frac: float = 1.0,
                    seed: int = 0, cache_dir=None) -> TaskData:
-    """All splits of a task, tokenized, per the protocol in this module's docstring. Downloads the
-    task's files first if they are missing (glue.download.ensure_task)."""
+    """All splits of a task, tokenized, per the protocol in this module's docstring. data_dir: see
+    glue.download.resolve_data_dir. Downloads the task's files first if they are missing (ensure_task)."""
     task = get_task(task_name)
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1], got {frac}")

@@ -16,11 +16,11 @@ Implementation: the three Linear layers become IA3Linear, an nn.Linear that keep
 input, i.e. the activation after the nonlinearity, as the paper and HF PEFT (`feedforward_modules`)
 do. Placement is fixed by IA3_TARGETS: the paper's three.
 """
-import re
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from surgery import from_linear, keep, restore, swap_linears
 
 IA3_TARGETS = {  # name -> (module path inside bert.encoder.layer.N, which side of the Linear is scaled)
     "l_k": ("attention.self.key", "out"),
@@ -42,17 +42,6 @@ class IA3Linear(nn.Linear):
         self.merged = False  # True while weight (and bias) hold the scaled values
         self._unmerged = None  # (W, b) kept while merged, so unmerge() restores them bit for bit
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, side: str) -> "IA3Linear":
-        w = linear.weight
-        new = cls(linear.in_features, linear.out_features, side, bias=linear.bias is not None,
-                  device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if linear.bias is not None:
-                new.bias.copy_(linear.bias)
-        return new
-
     def forward(self, x):
         if self.merged:
             return F.linear(x, self.weight, self.bias)
@@ -67,7 +56,7 @@ class IA3Linear(nn.Linear):
         explicit call merges (never .eval())."""
         if self.merged:
             return
-        self._unmerged = (self.weight.detach().clone(), None if self.bias is None else self.bias.detach().clone())
+        self._unmerged = keep(self)
         if self.side == "out":
             self.weight.mul_(self.ia3_l[:, None])  # (out, in) * (out, 1)
             if self.bias is not None:
@@ -81,10 +70,7 @@ class IA3Linear(nn.Linear):
         """Weight and bias exactly as before merge() (stored copies, not a division). Idempotent."""
         if not self.merged:
             return
-        w, b = self._unmerged
-        self.weight.copy_(w)
-        if b is not None:
-            self.bias.copy_(b)
+        restore(self, self._unmerged)
         self._unmerged = None
         self.merged = False
 
@@ -92,43 +78,9 @@ class IA3Linear(nn.Linear):
         return f"{super().extra_repr()}, side={self.side}, merged={self.merged}"
 
 
-def target_pattern(path: str) -> re.Pattern:
-    return re.compile(r"^bert\.encoder\.layer\.\d+\." + re.escape(path) + "$")
-
-
 def add_ia3(model: nn.Module) -> list:
     """Swap key, value and output.dense of every layer for IA3Linear (same weight and bias); returns
     the module names replaced. Call after the pretrained weights are loaded."""
-    targets = [(target_pattern(path), side) for path, side in IA3_TARGETS.values()]
-    replaced = []
-    for name, module in list(model.named_modules()):
-        side = next((s for p, s in targets if p.match(name)), None)
-        if side is None:
-            continue
-        if type(module) is not nn.Linear:  # IA3Linear (applied twice) or LoRALinear (lora on the same layer)
-            raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: (IA)^3 cannot go there")
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, IA3Linear.from_linear(module, side))
-        replaced.append(name)
-    assert len(replaced) == len(model.bert.encoder.layer) * len(IA3_TARGETS), replaced
-    return replaced
-
-
-def ia3_layers(model: nn.Module) -> list:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, IA3Linear)]
-
-
-def merge_ia3(model: nn.Module) -> int:
-    """merge() every IA3Linear; returns how many there are. Idempotent."""
-    layers = ia3_layers(model)
-    for _, m in layers:
-        m.merge()
-    return len(layers)
-
-
-def unmerge_ia3(model: nn.Module) -> int:
-    """unmerge() every IA3Linear; returns how many there are. Idempotent."""
-    layers = ia3_layers(model)
-    for _, m in layers:
-        m.unmerge()
-    return len(layers)
+    def make(side):
+        return lambda linear: from_linear(IA3Linear, linear, side)
+    return swap_linears(model, {path: make(side) for path, side in IA3_TARGETS.values()}, "(IA)^3")

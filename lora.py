@@ -12,15 +12,16 @@ After training, W + (alpha / r) B A can be folded into W for inference at no ext
 (sec. 4.1, "No Additional Inference Latency"): `merge()` / `unmerge()` below, explicit calls only.
 
 Which Linear layers get LoRA is `LORA_TARGETS`: a short name -> the module path inside one encoder
-layer. A target matches a module name only in full: `^bert\\.encoder\\.layer\\.\\d+\\.<path>$`, so
-"output.dense" is the FFN output projection and never `attention.output.dense`.
+layer, matched in full (surgery.layer_pattern), so "output.dense" is the FFN output projection and
+never `attention.output.dense`.
 """
 import math
-import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from surgery import from_linear, keep, restore, swap_linears
 
 # short name -> module path inside `bert.encoder.layer.N.` (the HF state-dict key, less ".weight")
 LORA_TARGETS = {
@@ -31,13 +32,6 @@ LORA_TARGETS = {
     "intermediate.dense": "intermediate.dense",
     "output.dense": "output.dense",
 }
-
-
-def target_pattern(target: str) -> re.Pattern:
-    """The anchored regex over module names that one LoRA target selects."""
-    if target not in LORA_TARGETS:
-        raise ValueError(f"lora target {target!r}: allowed {list(LORA_TARGETS)}")
-    return re.compile(r"^bert\.encoder\.layer\.\d+\." + re.escape(LORA_TARGETS[target]) + "$")
 
 
 class LoRALinear(nn.Linear):
@@ -58,19 +52,7 @@ class LoRALinear(nn.Linear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as loralib; B = 0 makes B A = 0
         self.lora_dropout = nn.Dropout(dropout)
         self.merged = False  # True while weight holds W + scaling * B A
-        self._unmerged_weight = None  # W, kept while merged so unmerge() restores it bit for bit
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, r, alpha, dropout=0.0) -> "LoRALinear":
-        """A LoRALinear holding a copy of `linear`'s pretrained weight and bias (same values)."""
-        w = linear.weight
-        new = cls(linear.in_features, linear.out_features, r, alpha, dropout,
-                  bias=linear.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if linear.bias is not None:
-                new.bias.copy_(linear.bias)
-        return new
+        self._unmerged = None  # (W, b), kept while merged so unmerge() restores them bit for bit
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, r) @ (r, in) -> (out, in)
@@ -89,7 +71,7 @@ class LoRALinear(nn.Linear):
         saving.export_merged, rather than a raw state_dict."""
         if self.merged:
             return
-        self._unmerged_weight = self.weight.detach().clone()
+        self._unmerged = keep(self)
         self.weight.add_(self.delta_weight())
         self.merged = True
 
@@ -98,8 +80,8 @@ class LoRALinear(nn.Linear):
         """weight <- W exactly as it was before merge() (a stored copy, not W + dW - dW). Idempotent."""
         if not self.merged:
             return
-        self.weight.copy_(self._unmerged_weight)
-        self._unmerged_weight = None
+        restore(self, self._unmerged)
+        self._unmerged = None
         self.merged = False
 
     def extra_repr(self):
@@ -110,42 +92,8 @@ def add_lora(model: nn.Module, cfg) -> list:
     """Swap every nn.Linear named by cfg.lora_targets for a LoRALinear with the same weight and bias.
 
     Call after the pretrained weights are loaded. Returns the module names replaced. cfg needs
-    lora_targets, lora_r, lora_alpha, lora_dropout (adapters.MethodConfig).
+    lora_targets, lora_r, lora_alpha, lora_dropout (adapters.MethodConfig, which checks the names).
     """
-    patterns = [target_pattern(t) for t in cfg.lora_targets]
-    replaced = []
-    for name, module in list(model.named_modules()):
-        if not any(p.match(name) for p in patterns):
-            continue
-        if isinstance(module, LoRALinear):
-            raise ValueError(f"{name} already has LoRA; add_lora was applied twice")
-        if type(module) is not nn.Linear:
-            raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear")
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child,
-                LoRALinear.from_linear(module, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
-        replaced.append(name)
-    n_layers = len(model.bert.encoder.layer)
-    assert len(replaced) == n_layers * len(set(cfg.lora_targets)), (replaced, cfg.lora_targets)
-    return replaced
-
-
-def lora_layers(model: nn.Module) -> list:
-    """(name, LoRALinear) for every LoRA layer in the model."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-
-
-def merge_lora(model: nn.Module) -> int:
-    """merge() every LoRA layer; returns how many there are. Idempotent."""
-    layers = lora_layers(model)
-    for _, m in layers:
-        m.merge()
-    return len(layers)
-
-
-def unmerge_lora(model: nn.Module) -> int:
-    """unmerge() every LoRA layer; returns how many there are. Idempotent."""
-    layers = lora_layers(model)
-    for _, m in layers:
-        m.unmerge()
-    return len(layers)
+    def make(linear):
+        return from_linear(LoRALinear, linear, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    return swap_linears(model, {LORA_TARGETS[t]: make for t in cfg.lora_targets}, "LoRA")

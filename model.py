@@ -28,11 +28,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import load_state_dict, resolve_model_dir
-from tokenizer import BertTokenizer
-
-DEFAULT_MODEL = "google-bert/bert-base-uncased"  # the paper's model
-
 
 @dataclass
 class BertConfig:
@@ -41,7 +36,7 @@ class BertConfig:
     num_hidden_layers: int = 12  # encoder layers
     num_attention_heads: int = 12  # N; D = H // N
     intermediate_size: int = 3072  # I, the FFN's inner width
-    hidden_act: str = "gelu"  # "gelu" is the exact erf GELU, as in the original BERT
+    hidden_act: str = "gelu"  # exact erf GELU: google-research/bert as first released (its later code: tanh)
     hidden_dropout_prob: float = 0.1  # dropout on embeddings, sublayer outputs and the head
     attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities
     max_position_embeddings: int = 512  # longest sequence the position table covers
@@ -73,8 +68,11 @@ class BertConfig:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
 
 
+# Hugging Face's names. "gelu" is the exact erf form, the one google-research/bert's modeling.py used as
+# first released (Oct. 2018) and HF's BERT keeps; that repository's later modeling.py switched to the tanh
+# approximation, which HF calls "gelu_new" (tested: tests/test_model.py, test_gelu_is_exact_erf_form).
 ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),  # exact erf form
+    "gelu": lambda x: F.gelu(x),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
@@ -274,37 +272,6 @@ class BertForSequenceClassification(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         return self.classifier(self.dropout(self.pool(h, attention_mask)))  # (B, L)
-
-
-def read_pooling(model_dir):
-    """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config."""
-    path = Path(model_dir) / "1_Pooling" / "config.json"
-    if path.is_file() and json.loads(path.read_text()).get("pooling_mode_mean_tokens"):
-        return "mean"
-    return "cls"
-
-
-def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verbose=True):
-    """Load pretrained weights and tokenizer: returns (model, tokenizer).
-
-    name_or_path: a local directory, the alias "minilm", or a Hugging Face hub repo id.
-    pooling: "cls" or "mean"; None takes what the checkpoint declares (see read_pooling).
-    """
-    model_dir = resolve_model_dir(name_or_path)
-    pooling = pooling or read_pooling(model_dir)
-    config = BertConfig.from_json(model_dir / "config.json", num_labels=num_labels, pooling=pooling)
-    model = BertForSequenceClassification(config)
-    report = load_state_dict(model, model_dir / "model.safetensors")
-    model.load_report = report
-    model.name_or_path = str(name_or_path)
-    if verbose:
-        print(f"model {name_or_path} ({model_dir}): pooling {pooling}")
-        print(report.summary())
-    return model, BertTokenizer.from_dir(model_dir)
-
-
-def count_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def encoder_flops_per_token(config: BertConfig, seq_len: int) -> int:

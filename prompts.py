@@ -67,7 +67,10 @@ def add_prompt(model: nn.Module, cfg) -> str:
     if emb.prompt is not None:
         raise ValueError("bert.embeddings.prompt is already filled; add_prompt was applied twice")
     words = emb.word_embeddings.weight  # (vocab, H)
-    lo, hi = PROMPT_INIT_IDS if words.shape[0] >= PROMPT_INIT_IDS[1] else (1, words.shape[0])  # tiny test vocabularies
+    lo, hi = PROMPT_INIT_IDS
+    if words.shape[0] < hi:
+        raise ValueError(f"prompt tuning copies its init from word embeddings {lo}..{hi - 1} (bert-base-uncased's "
+                         f"most frequent whole words); this model's vocabulary has only {words.shape[0]}")
     if cfg.prompt_length > hi - lo:
         raise ValueError(f"prompt_length {cfg.prompt_length} > the {hi - lo} words it is drawn from")
     ids = lo + torch.randperm(hi - lo)[:cfg.prompt_length]  # (V,) distinct

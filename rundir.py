@@ -24,8 +24,8 @@ KEPT = ("results.json", "best.safetensors", "resume.pt")  # what a run has to sh
 # frequency, compile, and the switches (audit, resume, overwrite, debug).
 RUN_FIELDS = ("task", "method", "frac", "seed", "model", "pooling", "max_length", "epochs", "time_budget",
               "lr", "batch_size", "weight_decay", "warmup", "grad_clip", "amp",
-              "adapter_size", "adapter_placement", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-              "prompt_length", "prefix_length", "prefix_hidden")
+              "adapter_size", "adapter_placement", "adapter_act", "adapter_init_std", "lora_r", "lora_alpha",
+              "lora_dropout", "lora_targets", "prompt_length", "prefix_length", "prefix_hidden")
 WHAT_TO_DO = "pass --resume to continue it, choose another --out, or pass --overwrite to delete its files first"
 
 
@@ -41,9 +41,10 @@ def describe(results: dict) -> str:
 
 
 def differences(saved: dict, cfg) -> list:
-    """'frac 0.3 (asked 0.5)' for every RUN_FIELDS entry where a saved config differs from cfg."""
-    return [f"{k} {saved[k]!r} (asked {getattr(cfg, k)!r})" for k in RUN_FIELDS
-            if k in saved and saved[k] != getattr(cfg, k)]
+    """'frac 0.3 (asked 0.5)' for every RUN_FIELDS entry where a saved config (results.json's
+    "config", cfg.record()) differs from cfg's."""
+    asked = cfg.record()
+    return [f"{k} {saved[k]!r} (asked {asked[k]!r})" for k in RUN_FIELDS if k in saved and saved[k] != asked[k]]
 
 
 def check_resume_matches(saved_config: dict, cfg, source: Path):

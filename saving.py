@@ -18,11 +18,9 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from adapters import Adapter, MethodConfig, apply_method, trainable_params
+from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
 from audit import fingerprint
-from ia3 import ia3_layers
-from lora import lora_layers
-from model import load_pretrained
+from checkpoint import load_pretrained
 from prompts import PrefixEncoder, SoftPrompt, merge_prefix
 
 FORMAT = "bertfit-trainable/2"  # safetensors metadata "format" of a save_trainable file
@@ -111,9 +109,9 @@ def save_trainable(model: nn.Module, trainable: list, cfg: MethodConfig, path, m
     of the frozen tensors, so a different base checkpoint, or frozen weights that moved, fail to load.
     Prefix tuning saves the MLP while training (what the optimizer and resume need); after
     merge_prefix(model), pass trainable_params(model) and only the prefixes `kv` are written."""
-    base = meta.get("base_model") or getattr(model, "name_or_path", None)
+    base = meta.get("base_model")
     if not base:
-        raise ValueError("save_trainable needs the base model id: meta['base_model'], or a load_pretrained model")
+        raise ValueError("save_trainable needs meta['base_model']: the model id or directory load_pretrained was given")
     if {(n, id(p)) for n, p in trainable} != {(n, id(p)) for n, p in trainable_params(model)}:
         raise ValueError("the trainable list is not the model's requires_grad parameters "
                          "(after merge_prefix, pass trainable_params(model))")
@@ -176,7 +174,7 @@ def load_trainable(path, device="cpu") -> tuple:
 
 def export_merged(model: nn.Module, path, tokenizer=None) -> Path:
     """Fold LoRA and (IA)^3 into the base weights and write a plain checkpoint directory that
-    model.load_pretrained(path, num_labels=L) reads: model.safetensors (HF key layout, plain
+    checkpoint.load_pretrained(path, num_labels=L) reads: model.safetensors (HF key layout, plain
     weight/bias keys, no lora_ / ia3_ keys), config.json, 1_Pooling/config.json (declares the pooling),
     and tokenizer.json when a tokenizer is given. Adapters, soft prompts and prefixes add computation
     a plain BERT does not have, so they cannot be exported. Layers are left merged or not, as found."""
@@ -186,7 +184,7 @@ def export_merged(model: nn.Module, path, tokenizer=None) -> Path:
         raise ValueError(f"{' and '.join(found)} cannot be merged into the base weights; use save_trainable")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    layers = [m for _, m in lora_layers(model) + ia3_layers(model)]  # never the same Linear (MethodConfig.validate)
+    layers = [m for _, m in mergeable_layers(model)]
     was_merged = {id(m) for m in layers if m.merged}
     for m in layers:
         m.merge()

@@ -3,7 +3,7 @@ like glue/cola.py and one more entry here."""
 from glue.cola import COLA
 from glue.mrpc import MRPC
 from glue.stsb import STSB
-from glue.task import Task, TaskFile
+from glue.task import Task
 
 TASKS: dict[str, Task] = {task.name: task for task in (MRPC, COLA, STSB)}
 
@@ -14,4 +14,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Task", "TaskFile", "get_task"]
+__all__ = ["TASKS", "Task", "get_task"]

@@ -34,6 +34,7 @@ OFFICIAL_URLS = {
                         "/o/data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-7480817f1adc",
 }
 BASE_URL_ENV = "GLUE_BASE_URL"
+DEFAULT_DATA_DIR = "~/.cache/bertfit/glue_data"
 TIMEOUT_S = 60  # per socket operation, so a stalled server ends in an error, not a hang
 CHUNK = 1 << 16
 
@@ -61,6 +62,11 @@ MRPC_INPUTS = {
                       "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7", 408),
 }
 MRPC_TEST_HEADER = "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+
+
+def resolve_data_dir(arg=None) -> Path:
+    """The GLUE data directory: `arg` (--data-dir) if given, else $GLUE_DIR, else ~/.cache/bertfit/glue_data."""
+    return Path(os.path.expanduser(str(arg or os.environ.get("GLUE_DIR") or DEFAULT_DATA_DIR)))
 
 
 def sha256_of(path) -> str:
@@ -209,10 +215,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--dir", default=None, help="data directory (default: $GLUE_DIR, else "
-                        "~/.cache/bertfit/glue_data; see data.resolve_data_dir)")
+                        f"{DEFAULT_DATA_DIR})")
     parser.add_argument("--base-url", default=None, help=f"mirror of the source files (or ${BASE_URL_ENV})")
     args = parser.parse_args(argv)
-    from data import resolve_data_dir  # here, not at the top: data.py imports this module
     data_dir = resolve_data_dir(args.dir)
     for name in args.tasks:
         print(f"{name}: ready in {ensure_task(name, data_dir, args.base_url)}")

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-import bench  # noqa: E402
+from study import bench  # noqa: E402
 
 
 def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir):

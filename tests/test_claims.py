@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-import claims
+from study import claims
 import metrics
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from checkpoint import resolve_model_dir
-from model import BertConfig, BertForSequenceClassification, load_pretrained
+from checkpoint import load_pretrained, load_state_dict, resolve_model_dir
+from model import BertConfig, BertForSequenceClassification
 from tokenizer import BertTokenizer
 
 transformers = pytest.importorskip("transformers")  # reference implementation, tests only
@@ -154,10 +154,11 @@ def hub_layout(minilm_dir, tmp_path, dtype=torch.float32):
 
 def test_hub_layout_loads_to_identical_outputs(minilm_cls, minilm_dir, tmp_path, batch):
     model, _ = minilm_cls
-    other, tok = load_pretrained(str(hub_layout(minilm_dir, tmp_path)), num_labels=3, pooling="cls", verbose=False)
+    path = hub_layout(minilm_dir, tmp_path)
+    other, tok = load_pretrained(str(path), num_labels=3, pooling="cls", verbose=False)
     other.classifier.load_state_dict(model.classifier.state_dict())
     other.eval()
-    report = other.load_report
+    report = load_state_dict(BertForSequenceClassification(other.config), path / "model.safetensors")
     assert len(report.renamed) == 2 * 6 * 2 + 2  # 2 LayerNorms per layer and the embeddings', weight and bias
     assert "cls.predictions.bias" in report.ignored and report.new == ["classifier.bias", "classifier.weight"]
     assert tok.source.endswith("vocab.txt")
@@ -169,9 +170,11 @@ def test_hub_layout_loads_to_identical_outputs(minilm_cls, minilm_dir, tmp_path,
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_checkpoint_loads_as_fp32(minilm_cls, minilm_dir, tmp_path, batch, dtype):
     model, _ = minilm_cls
-    other, _ = load_pretrained(str(hub_layout(minilm_dir, tmp_path, dtype)), num_labels=3, pooling="cls", verbose=False)
+    path = hub_layout(minilm_dir, tmp_path, dtype)
+    other, _ = load_pretrained(str(path), num_labels=3, pooling="cls", verbose=False)
     assert all(p.dtype == torch.float32 for p in other.parameters())
-    assert other.load_report.source_dtypes == [str(dtype).removeprefix("torch."), "int64"]
+    report = load_state_dict(BertForSequenceClassification(other.config), path / "model.safetensors")
+    assert report.source_dtypes == [str(dtype).removeprefix("torch."), "int64"]
     other.classifier.load_state_dict(model.classifier.state_dict())
     with torch.no_grad():
         args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])

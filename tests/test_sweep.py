@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import report
-import sweep
+from study import report
+from study import presets, runs, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,37 +24,37 @@ ROOT = Path(__file__).resolve().parents[1]
                                                  ("smoke", 2 * 1 * 2 * 1, 2 * 1),
                                                  ("families", 5 * 3 * 2 * 2, 5 * 3)])
 def test_preset_sizes(name, fixed, budget):
-    runs = sweep.grid(sweep.PRESETS[name])
+    runs = presets.grid(presets.PRESETS[name])
     assert sum(not r.budget_minutes for r in runs) == fixed
     assert sum(bool(r.budget_minutes) for r in runs) == budget
     assert len({r.name for r in runs}) == len(runs), "two configurations would share a directory"
 
 
 def test_paper_preset_is_the_papers_protocol():
-    p = sweep.PRESETS["paper"]
+    p = presets.PRESETS["paper"]
     assert (p.epochs, p.budget_minutes, p.model) == (20, 10, None)  # None: train.py's BERT-base default
-    budget = [r for r in sweep.grid(p) if r.budget_minutes]
+    budget = [r for r in presets.grid(p) if r.budget_minutes]
     assert all(r.frac == 1.0 and r.epochs == p.budget_epochs and r.seed == 0 for r in budget)
     assert budget[0].name == "mrpc-full-budget10-s0"
     assert budget[0].train_args()[-2:] == ["--time-budget", "10"]
 
 
 def test_run_names_and_args():
-    run = sweep.Run("mrpc", "bitfit", 0.3, 0, epochs=20)
+    run = presets.Run("mrpc", "bitfit", 0.3, 0, epochs=20)
     assert run.name == "mrpc-bitfit-f0.3-s0"
-    assert sweep.Run("cola", "lora", 1.0, 4, 20).name == "cola-lora-f1-s4"  # train.py's own default --out name
+    assert presets.Run("cola", "lora", 1.0, 4, 20).name == "cola-lora-f1-s4"  # train.py's own default --out name
     assert run.train_args() == ["--task", "mrpc", "--method", "bitfit", "--frac", "0.3", "--seed", "0",
                                 "--epochs", "20"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 300])
 def test_shards_cover_the_grid_exactly_once(n):
-    runs = sweep.grid(sweep.PRESETS["paper"])
-    slices = [sweep.shard(runs, i, n) for i in range(n)]
+    runs = presets.grid(presets.PRESETS["paper"])
+    slices = [presets.shard(runs, i, n) for i in range(n)]
     union = [r for s in slices for r in s]
     assert sorted(union, key=runs.index) == runs  # every configuration once, none twice
     assert max(map(len, slices)) - min(map(len, slices)) <= 1  # balanced
-    assert slices == [sweep.shard(runs, i, n) for i in range(n)]  # deterministic
+    assert slices == [presets.shard(runs, i, n) for i in range(n)]  # deterministic
 
 
 def test_bad_shard_and_axes_are_errors(capsys):
@@ -67,7 +67,7 @@ def test_bad_shard_and_axes_are_errors(capsys):
 def test_overrides_and_passthrough():
     args = sweep.parse_args(["--grid", "cpu", "--out", "x", "--fracs", "0.5", "--seeds", "3,4", "--epochs", "7",
                              "--budget-minutes", "0", "--", "--eval-every", "20"])
-    runs = sweep.grid(args.preset)
+    runs = presets.grid(args.preset)
     assert len(runs) == 4 * 3 * 1 * 2 and {r.seed for r in runs} == {3, 4} and {r.epochs for r in runs} == {7}
     assert args.preset.model == "minilm" and args.extra == ["--eval-every", "20"]
 
@@ -75,7 +75,7 @@ def test_overrides_and_passthrough():
 def test_hybrid_methods_take_their_canonical_name(capsys):
     args = sweep.parse_args(["--grid", "smoke", "--out", "x", "--methods", "lora+bitfit,bitfit+lora,ia3"])
     assert args.preset.methods == ("bitfit+lora", "ia3")  # one configuration, named as train.py names it
-    assert sweep.grid(args.preset)[0].name == "mrpc-bitfit+lora-f0.02-s0"
+    assert presets.grid(args.preset)[0].name == "mrpc-bitfit+lora-f0.02-s0"
     with pytest.raises(SystemExit):
         sweep.parse_args(["--grid", "smoke", "--out", "x", "--methods", "full+lora"])
     assert "unknown full+lora; allowed: full, bitfit, adapter, lora, head, prompt, prefix, ia3, or several" \
@@ -305,9 +305,9 @@ def test_report_tables_match_hand_computation(synthetic):
 
 def test_time_to_95_percent():
     r = fake_results("stsb", "full", 1.0, 0, [0.2, 0.5, 0.96, 1.0], [0.1, 0.2, 0.3, 0.4])
-    assert report.summarize(r)["t95"] == 30.0  # 0.96 >= 0.95 * 1.0 at the third evaluation
+    assert runs.summarize(r)["t95"] == 30.0  # 0.96 >= 0.95 * 1.0 at the third evaluation
     r = fake_results("cola", "full", 1.0, 0, [-0.1, 0.0], [0.0, 0.0])
-    assert report.summarize(r)["t95"] is None  # a best of 0 or below has no meaningful 95%
+    assert runs.summarize(r)["t95"] is None  # a best of 0 or below has no meaningful 95%
 
 
 def test_report_without_finished_runs_is_an_error(tmp_path):
@@ -320,7 +320,7 @@ def test_report_without_finished_runs_is_an_error(tmp_path):
 
 def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
     out = tmp_path / "smoke"
-    cmd = [sys.executable, str(ROOT / "sweep.py"), "--grid", "smoke", "--model", "minilm", "--out", str(out),
+    cmd = [sys.executable, "-m", "study.sweep", "--grid", "smoke", "--model", "minilm", "--out", str(out),
            "--data-dir", str(glue_dir), "--quiet"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -337,7 +337,7 @@ def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
     assert second.returncode == 0 and "0 ran, 6 skipped, 0 failed" in second.stdout, second.stdout
     assert [p.stat().st_mtime_ns for p in results] == mtimes  # nothing ran again
 
-    report_run = subprocess.run([sys.executable, str(ROOT / "report.py"), str(out)], cwd=ROOT, capture_output=True,
+    report_run = subprocess.run([sys.executable, "-m", "study.report", str(out)], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
     assert report_run.returncode == 0, report_run.stderr
     text = (out / "RESULTS.md").read_text()

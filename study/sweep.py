@@ -1,10 +1,10 @@
 """Run a grid of fine-tuning configurations: one `python train.py` subprocess and one directory each.
 
-  python sweep.py --grid cpu --out results/cpu-minilm --epochs 3
-  python sweep.py --grid paper --out results/paper --shard 0/4 --device cuda:0   (4 GPUs, 4 shells)
-  python sweep.py --grid smoke --model minilm --out /tmp/smoke
-  python sweep.py --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
-  python sweep.py --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
+  python -m study.sweep --grid cpu --out results/cpu-minilm --epochs 3
+  python -m study.sweep --grid paper --out results/paper --shard 0/4 --device cuda:0   (4 GPUs, 4 shells)
+  python -m study.sweep --grid smoke --model minilm --out /tmp/smoke
+  python -m study.sweep --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
+  python -m study.sweep --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
 
 Two stages, both run by one command (`--stage all`, the default):
   tune  for each task x method, the rates of TUNE_LRS on all the training data with the first seed,
@@ -14,10 +14,8 @@ Two stages, both run by one command (`--stage all`, the default):
         all the data is the tuning run at the chosen rate (the same configuration), copied, not re-run.
 A preset with tune=False (smoke) skips the first stage and uses train.py's default rates.
 
-The grid is methods x tasks x fractions x seeds fixed-epoch runs, in directories
-`{task}-{method}-f{frac}-s{seed}`, plus one time-budget run per method x task on all the training
-data with the first seed, `{task}-{method}-budget{minutes}-s{seed}`, whose epoch cap is set high so
-that the budget, not the epoch count, ends it. Flags after `--` go to every train.py unchanged.
+The grids themselves (presets, runs, directories) are study/presets.py. Flags after `--` go to every
+train.py unchanged.
 
 A configuration whose results.json says "complete" or "time_budget" is skipped; one that says
 "running" or "interrupted" is started again with --resume (train.py continues from resume.pt).
@@ -36,120 +34,17 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-TRAIN = Path(__file__).resolve().parent / "train.py"
+from study.presets import PRESETS, Preset, Run, grid, shard, tuning_grid
+
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 DONE = ("complete", "time_budget")  # results.json statuses of a finished run
 RESUMABLE = ("running", "interrupted", "failed")  # stopped early; train.py --resume continues it (a
 # failed one from its last finished epoch, or from the start: the failure may have been the machine's)
 PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that change the results
 TUNED = "tuned.json"  # the tuning stage's choice, in the study folder
-
-# The tuning stage's rates: three log-spaced rates (1-2-5 or half-decade steps) spanning each
-# method's published range for BERT-base. Full fine-tuning: BERT (Devlin et al. 2019, sec. A.3:
-# 2e-5..5e-5) up to the 1e-4 that small models such as MiniLM are fine-tuned with. BitFit: Ben Zaken
-# et al. (2022, sec. 3.1: 1e-4..1e-3) and one half-decade above, where BitFit on small models still
-# gains. Adapters: Houlsby et al. (2019, sec. 3.1: 3e-5..3e-3), the inner three half-decades. LoRA:
-# Hu et al. (2021, tab. 9: 4e-4..5e-4 on RoBERTa-base) a half-decade either side. The other families
-# around their starting points (config.DEFAULT_LR). A hybrid tunes over its lowest part's rates, as
-# config.default_lr takes the lowest part's rate.
-TUNE_LRS = {"full": (2e-5, 5e-5, 1e-4), "bitfit": (3e-4, 1e-3, 3e-3), "adapter": (1e-4, 3e-4, 1e-3),
-            "lora": (2e-4, 6e-4, 2e-3), "head": (3e-4, 1e-3, 3e-3), "prompt": (1e-3, 3e-3, 1e-2),
-            "prefix": (1e-4, 3e-4, 1e-3), "ia3": (1e-3, 3e-3, 1e-2)}
-
-
-@dataclass(frozen=True)
-class Preset:
-    methods: tuple  # fine-tuning methods (adapters.METHODS, or hybrids such as "bitfit+lora")
-    tasks: tuple  # GLUE tasks (glue.TASKS)
-    fracs: tuple  # fractions of the training pool; nested, so 0.3 is a subset of 0.5
-    seeds: tuple  # one fixed-epoch run per seed
-    epochs: int  # epochs of a fixed-epoch run
-    budget_minutes: float  # training minutes of a time-budget run; 0 = no budget runs
-    budget_epochs: int  # epoch cap of a time-budget run, high enough that the budget binds first
-    model: str = None  # --model; None = train.py's default (google-bert/bert-base-uncased)
-    max_length: int = None  # --max-length; None = train.py's default (128)
-    tune: bool = True  # the main grid's rates come from the tuning stage (False: train.py's defaults)
-
-
-PRESETS = {
-    # arXiv 2401.04051's protocol: 20 epochs per run, 5 seeds, 10-minute budget runs, BERT-base.
-    # The cap is generous because a fast GPU gets through a small task's epoch (MRPC: 104 steps of
-    # 32) in seconds; an estimate, not a measurement: check epochs < cap in the budget table.
-    "paper": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
-                    fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2, 3, 4), epochs=20,
-                    budget_minutes=10, budget_epochs=1000),
-    # The CPU study on MiniLM (6 layers, hidden 384): the paper's grid with 3 seeds. 6 epochs: in the
-    # 10-minute runs of the first CPU study (full fine-tuning at 2e-5, schedule over the budget) the
-    # validation score of full fine-tuning levelled off by epoch 3-4 on MRPC, 5-6 on STS-B, and
-    # gained under 1 point per 2 epochs on CoLA after epoch 5; README "Protocol" has the numbers.
-    "cpu": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
-                  fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2), epochs=6, budget_minutes=10, budget_epochs=100,
-                  model="minilm"),
-    # The survey's other families on the CPU study's protocol: soft prompts, prefixes, (IA)^3, and two
-    # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare.
-    "families": Preset(methods=("prompt", "prefix", "ia3", "bitfit+lora", "adapter+bitfit"),
-                       tasks=("mrpc", "cola", "stsb"), fracs=(0.3, 1.0), seeds=(0, 1), epochs=3,
-                       budget_minutes=10, budget_epochs=100, model="minilm"),
-    # Seconds, not minutes: checks that the sweep, train.py and report.py fit together.
-    # 66 and 132 training examples of 16 tokens; evaluating 774 examples per run is most of the work.
-    "smoke": Preset(methods=("bitfit", "lora"), tasks=("mrpc",), fracs=(0.02, 0.04), seeds=(0,), epochs=1,
-                    budget_minutes=0.01, budget_epochs=100, model="minilm", max_length=16, tune=False),
-}
-
-
-@dataclass(frozen=True)
-class Run:
-    """One configuration of the grid: what train.py is told beyond the sweep's common flags."""
-    task: str
-    method: str
-    frac: float
-    seed: int
-    epochs: int
-    budget_minutes: float = 0.0  # > 0: a time-budget run
-    lr: float = None  # --lr; None = train.py's default for the method
-    tuning: bool = False  # a run of the tuning stage: its directory is under tune/ and names its rate
-
-    @property
-    def name(self) -> str:
-        kind = f"budget{self.budget_minutes:g}" if self.budget_minutes else f"f{self.frac:g}"
-        return f"{self.task}-{self.method}-{kind}-s{self.seed}" + (f"-lr{self.lr:g}" if self.tuning else "")
-
-    def directory(self, out: Path) -> Path:
-        return out / "tune" / self.name if self.tuning else out / self.name
-
-    def train_args(self) -> list:
-        args = ["--task", self.task, "--method", self.method, "--frac", f"{self.frac:g}",
-                "--seed", str(self.seed), "--epochs", str(self.epochs)]
-        args += ["--lr", f"{self.lr:g}"] if self.lr is not None else []
-        return args + (["--time-budget", f"{self.budget_minutes:g}"] if self.budget_minutes else [])
-
-
-def grid(p: Preset, rates: dict = None) -> list:
-    """Every configuration of a preset's main grid, in a fixed order: seed-major, so that a sweep
-    stopped halfway has every cell with its first seeds; the time-budget runs last. `rates`
-    (task -> method -> lr, from tuned.json) sets each run's --lr; None leaves train.py's default."""
-    lr = lambda task, method: rates[task][method] if rates else None  # noqa: E731
-    runs = [Run(task, method, frac, seed, p.epochs, lr=lr(task, method))
-            for seed in p.seeds for task in p.tasks for method in p.methods for frac in p.fracs]
-    if p.budget_minutes:
-        runs += [Run(task, method, 1.0, p.seeds[0], p.budget_epochs, p.budget_minutes, lr=lr(task, method))
-                 for task in p.tasks for method in p.methods]
-    return runs
-
-
-def tune_lrs(method: str) -> tuple:
-    """TUNE_LRS of a method; a hybrid ("bitfit+lora") takes its lowest part's rates."""
-    return min((TUNE_LRS[part] for part in method.split("+")), key=min)
-
-
-def tuning_grid(p: Preset) -> list:
-    """The tuning stage: each task x method x rate once, on all the training data, first seed,
-    the main grid's epochs; task-major so that one task's choices are complete first."""
-    return [Run(task, method, 1.0, p.seeds[0], p.epochs, lr=lr, tuning=True)
-            for task in p.tasks for method in p.methods for lr in tune_lrs(method)]
-
 
 def choose_rates(runs: list, out: Path) -> dict:
     """tuned.json's content from the tuning runs: per task x method, each rate's best validation
@@ -210,14 +105,6 @@ def reuse_tuning_run(run: Run, rates: dict, p: Preset, out: Path) -> bool:
     results["copied_from"] = source.relative_to(out).as_posix()
     (run.directory(out) / "results.json").write_text(json.dumps(results, indent=1))
     return True
-
-
-def shard(runs: list, i: int, n: int) -> list:
-    """The i-th of n disjoint slices (0 <= i < n), round-robin so that each slice gets a mix of
-    tasks and methods; the union over i = 0..n-1 is `runs`, each configuration exactly once."""
-    if not 0 <= i < n:
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {i}/{n}")
-    return runs[i::n]
 
 
 def read_results(run_dir: Path):

@@ -1,7 +1,7 @@
 """Measure each method's training and evaluation speed on real GLUE batches, in one run.
 
-  python bench.py --model minilm --methods full bitfit adapter lora head --compare-hf
-  python bench.py --model minilm --methods prompt prefix ia3 bitfit+lora --steps 10
+  python -m study.bench --model minilm --methods full bitfit adapter lora head --compare-hf
+  python -m study.bench --model minilm --methods prompt prefix ia3 bitfit+lora --steps 10
 
 Per method: median training-step time (device-synchronized, warm-up steps left out), real
 (non-pad) tokens/s over the measured steps, evaluation tokens/s (inference mode, larger
@@ -17,7 +17,6 @@ length-bucketed batches. Both see the same examples; throughput counts real toke
 import argparse
 import json
 import random
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,12 @@ import torch.nn.functional as F
 
 import adapters
 import data
-from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token, load_pretrained
+from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token
 from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
 from tokenizer import BertTokenizer
-from checkpoint import minilm_dir
-from config import CHOICES, METHOD_HELP, HelpFormatter, method_flag, run_cli, value_problem
-from train import pick_amp, pick_device
+from checkpoint import load_pretrained, minilm_dir
+from config import CHOICES, METHOD_HELP, method_flag, run_cli, value_problem
+from precision import AMP_CHOICES, autocast, grad_scaler, pick_amp, pick_device
 
 HF_REFERENCE = ("full", "bitfit", "lora", "head")  # methods hf_model builds the reference way
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense
@@ -95,7 +94,7 @@ def measure(model, trainable, train_batches, eval_batches, args, device, amp_dty
     model.to(device).train()
     params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW(params, lr=args.lr or 1e-4, fused=device.type in ("cuda", "cpu"))
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    scaler = grad_scaler(device, amp_dtype)  # fp16 trains with loss scaling, as in train.py
     fwd = torch.compile(model) if args.compile else model
 
     def logits_of(b):
@@ -107,11 +106,13 @@ def measure(model, trainable, train_batches, eval_batches, args, device, amp_dty
     for i, batch in enumerate(train_batches[:args.warmup + args.steps]):
         b = {k: v.to(device) for k, v in batch.items() if k != "index"}
         timer = SyncTimer(device)
-        with autocast():
+        with autocast(device, amp_dtype):
             logits = logits_of(b)
-        F.cross_entropy(logits.float(), b["labels"]).backward()
+        scaler.scale(F.cross_entropy(logits.float(), b["labels"])).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         seconds = timer.elapsed()
         if i >= args.warmup:
@@ -119,7 +120,7 @@ def measure(model, trainable, train_batches, eval_batches, args, device, amp_dty
             tokens += int(batch["attention_mask"].sum())
     model.eval()
     eval_tokens, eval_seconds = 0, 0.0
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), autocast(device, amp_dtype):
         logits_of({k: v.to(device) for k, v in eval_batches[0].items()})  # warm-up
         timer = SyncTimer(device)
         for batch in eval_batches:
@@ -144,6 +145,13 @@ def mfu(row, config, device, seq_len):
     return None if peak is None else 3 * encoder_flops_per_token(config, seq_len) * row["train_tokens_per_second"] / (peak * 1e12)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: X)' to every flag's help, except where the help says what '' means and for switches."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is False or action.default in ("", None) else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default="minilm", help="checkpoint directory, 'minilm', a hub id, or "
@@ -159,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30,
                    help="measured training steps per method (more than an epoch has: the whole epoch)")
     p.add_argument("--warmup", type=int, default=3, help="training steps run first and left out of the timing")
-    p.add_argument("--amp", default="auto", choices=CHOICES["amp"],
-                   help="autocast precision; fp16 is measured as bf16 (no GradScaler here)")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="autocast precision (fp16: with a GradScaler, CUDA only)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate; 0 = 1e-4 (speed does not depend on it)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
@@ -188,10 +196,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
-    amp_dtype, _ = pick_amp("bf16" if args.amp == "fp16" else args.amp, device)
+    amp_dtype = pick_amp(args.amp, device)
     torch.manual_seed(0)
     base, tokenizer = build(args.model, args.pooling)
-    task_data = data.load_task_data(args.task, tokenizer, data.resolve_data_dir(args.data_dir or None),
+    task_data = data.load_task_data(args.task, tokenizer, args.data_dir or None,
                                     max_length=args.max_length, frac=1.0, seed=0)
     ours_train = data.batches(task_data.train, args.batch_size, shuffle=True, seed=0, epoch=0)
     ours_eval = data.batches(task_data.test, args.eval_batch_size, shuffle=False)

@@ -1,0 +1,61 @@
+"""Where a run computes and in what precision: the device, and the one precision path.
+
+Training under autocast keeps the trainable master weights in fp32 and runs the matrix multiplies
+in bf16 or fp16; without autocast everything is fp32. fp16's narrow exponent range needs a
+GradScaler (loss scaling); bf16 and fp32 do not, and there the scaler is built disabled, so that
+`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()` is one code path for all three
+(a disabled scaler returns the loss unchanged and steps the optimizer directly).
+"""
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+import distributed as dist
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" -> this rank's GPU where CUDA is available, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available here (use --device cpu)")
+    return torch.device(name)
+
+
+def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU advertises bf16 instructions (AVX512-BF16 or AMX). Linux lists them in
+    /proc/cpuinfo; where that file does not exist or cannot be read (macOS, Windows) there is no
+    detection: False, and --amp auto runs fp32."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_amp(amp: str, device: torch.device):
+    """--amp -> the autocast dtype, or None for fp32. auto: bf16 where the hardware has it (CUDA: else
+    fp16; CPU: else off)."""
+    if amp not in AMP_CHOICES:
+        raise SystemExit(f"--amp {amp!r}: allowed {list(AMP_CHOICES)}")
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "bf16" if cpu_has_bf16() else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise SystemExit("--amp fp16 needs CUDA (a GradScaler on CPU is not supported); use bf16 or off")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def grad_scaler(device: torch.device, dtype) -> torch.amp.GradScaler:
+    """Loss scaling, enabled for fp16 only; disabled, it is a pass-through (see the module docstring)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+
+def autocast(device: torch.device, dtype):
+    """The forward's precision context: autocast to `dtype`, or nullcontext when dtype is None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

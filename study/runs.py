@@ -1,0 +1,137 @@
+"""The runs of a study folder, read and summarized for study/report.py and study/plots.py.
+
+Reads every results.json below the directory (one per run, as train.py writes them) and keeps the
+finished ones (status "complete" or "time_budget"). Runs under tune/ are the tuning stage's
+(study/sweep.py): they make the learning-rate table, not the grid. Scores are the task's headline
+metric (results "best.metric": mrpc F1, cola Matthews, stsb Pearson) x 100 on the test split,
+which is GLUE's dev set.
+"""
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+DONE = ("complete", "time_budget")
+METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")  # display order; hybrids after
+TASKS = ("mrpc", "cola", "stsb")
+METRIC_LABEL = {"f1": "F1", "matthews": "Matthews corr.", "pearson": "Pearson r", "spearman": "Spearman rho",
+                "accuracy": "accuracy"}
+COLORS = {"full": "tab:blue", "bitfit": "tab:orange", "adapter": "tab:green", "lora": "tab:red", "head": "tab:purple",
+          "prompt": "tab:brown", "prefix": "tab:pink", "ia3": "tab:olive"}  # hybrids: matplotlib's next colour
+MIB = 2 ** 20
+
+
+def load(root: Path, tuning=False):
+    """-> (finished runs, ignored runs); each run is its results dict plus "dir". The grid's runs,
+    or with tuning=True the tuning stage's (under tune/)."""
+    runs, ignored = [], []
+    for path in sorted((root / "tune" if tuning else root).rglob("results.json")):
+        if not tuning and path.relative_to(root).parts[0] == "tune":
+            continue
+        r = read_run(path)
+        r["dir"] = path.parent.relative_to(root).as_posix()
+        (runs if r.get("status") in DONE else ignored).append(r)
+    return flag_duplicates(runs, ignored, tuning)
+
+
+RESULTS_KEYS = ("task", "method", "frac", "seed", "status", "config", "params", "best", "evals", "epochs",
+                "time", "environment")  # what the tables read from a finished run's results.json
+
+
+def read_run(path: Path) -> dict:
+    """A results.json as a dict; a file that is not one (unreadable, not JSON, or without the keys
+    train.py writes) becomes {"status": "<what is wrong>"}, listed with the ignored runs by name."""
+    try:
+        r = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        return {"status": f"unreadable ({type(e).__name__})"}
+    missing = [k for k in RESULTS_KEYS if k not in r] if isinstance(r, dict) else list(RESULTS_KEYS)
+    if missing:
+        return {"status": f"not a results file (no {', '.join(missing[:3])})"}
+    return r
+
+
+def flag_duplicates(runs, ignored, tuning=False):
+    """Two finished runs of one (task, method, frac, seed, budget or not; and rate, among tuning runs)
+    in one study would both be counted in a cell as if they were two seeds: the first (by directory)
+    is kept, every other one is moved to the ignored runs, marked as a duplicate of it. -> (runs, ignored)."""
+    first, kept = {}, []
+    for r in runs:
+        key = (r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0,
+               r["config"].get("lr") if tuning else None)
+        if key in first:
+            ignored.append({**r, "status": f"duplicate of {first[key]['dir']}"})
+        else:
+            first[key] = r
+            kept.append(r)
+    return kept, ignored
+
+
+def is_budget(r) -> bool:
+    return r["config"].get("time_budget", 0) > 0
+
+
+def summarize(r) -> dict:
+    """The numbers the tables need from one run; scores x 100."""
+    m = r["best"]["metric"]
+    best_val = max(e["val"][m] for e in r["evals"])
+    # time to 95% of the run's own best validation score; undefined when that best is not positive
+    t95 = next((e["train_seconds"] for e in r["evals"] if e["val"][m] >= 0.95 * best_val), None) \
+        if best_val > 0 else None
+    steps = [e["step_seconds"]["median"] for e in r["epochs"] if e["step_seconds"]["median"] is not None]
+    return {"best": 100 * r["best"]["test"][m], "last": 100 * r["epochs"][-1]["test"][m],
+            "best_epoch": r["best"]["epoch"], "epochs": len(r["epochs"]), "train_s": r["time"]["train_seconds"],
+            "t95": t95, "peak_mib": r["time"]["peak_memory_bytes"] / MIB,
+            "trainable": r["params"]["trainable"], "pct": 100 * r["params"]["trainable"] / r["params"]["total"],
+            "step_ms": 1000 * statistics.median(steps) if steps else None,
+            "tok_s": statistics.mean(e["tokens_per_second"] for e in r["epochs"])}
+
+
+def mean_std(xs):
+    """(mean, sample std, n) of the values that are not None; std None for fewer than 2."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, 0
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def fmt(xs, digits=2, spread=True) -> str:
+    """"mean ± std" (or the mean alone: one value, or spread=False); "–" when there is none."""
+    m, s, n = mean_std(xs)
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None and spread else "")
+
+
+def rank(x, order) -> tuple:
+    """Sort key: known names in display order, then the others alphabetically."""
+    return (order.index(x) if x in order else len(order), x)
+
+
+def ordered(names, order) -> list:
+    return sorted(names, key=lambda x: rank(x, order))
+
+
+def group(runs, key):
+    cells = defaultdict(list)
+    for r in runs:
+        cells[key(r)].append(r)
+    return cells
+
+
+def values(rs, field):
+    return [summarize(r)[field] for r in rs]
+
+
+def task_method_key(kv):
+    (task, method), _ = kv
+    return rank(task, TASKS), rank(method, METHODS)
+
+
+def largest_fraction(fixed) -> dict:
+    """(task, method) -> the runs at that cell's largest fraction (1.0 in a full grid)."""
+    out = {}
+    for key, rs in group(fixed, lambda r: (r["task"], r["method"])).items():
+        top = max(r["frac"] for r in rs)
+        out[key] = [r for r in rs if r["frac"] == top]
+    return out

@@ -1,0 +1,94 @@
+"""config.py: every field of TrainConfig and MethodConfig is a flag with its help; bad values are clear
+errors before anything loads; per-method learning rates."""
+import argparse
+import inspect
+import re
+from dataclasses import dataclass, fields
+
+import pytest
+
+import adapters
+import config
+from config import TrainConfig, default_lr, method_flag, parse_args
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frac", "0"], "--frac must be in (0, 1]"),
+    (["--frac", "1.2"], "--frac must be in (0, 1]"),
+    (["--time-budget", "-1"], "--time-budget must be finite minutes >= 0"),
+    (["--task", "sst9"], "invalid choice: 'sst9' (choose from 'cola', 'mrpc', 'stsb')"),
+    (["--method", "prefix-magic"], "invalid choice: 'prefix-magic'"),
+    (["--amp", "fp8"], "invalid choice: 'fp8'"),
+    (["--adapter-placement", "middle"], "invalid choice: 'middle'"),
+])
+def test_bad_flags_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_defaults_per_method():
+    assert parse_args(["--method", "full"]).lr == 2e-5
+    assert parse_args(["--method", "bitfit"]).lr == 1e-3
+    assert parse_args(["--method", "lora", "--lr", "3e-4"]).lr == 3e-4
+    assert parse_args([]).epochs >= 15  # the paper's protocol
+
+
+def test_hybrid_flags_and_learning_rate(capsys):
+    cfg = parse_args(["--method", "lora+bitfit"])
+    assert (cfg.method, cfg.lr, cfg.out) == ("bitfit+lora", 5e-4, "runs/mrpc-bitfit+lora-f1-s0")
+    assert default_lr("adapter+bitfit") == 5e-4 and default_lr("ia3") == 3e-3 and default_lr("prompt+ia3") == 3e-3
+    cfg = parse_args(["--method", "prefix", "--prefix-length", "7", "--prefix-hidden", "64", "--prompt-length", "3"])
+    assert (cfg.options.prefix_length, cfg.options.prefix_hidden, cfg.options.prompt_length) == (7, 64, 3)
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid choice: 'lora\\+full'"):
+        method_flag("lora+full")
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "bitfit+nope"])
+    assert "unknown part 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "prompt", "--prompt-length", "0"])
+    assert "--prompt-length must be in 1..504, got 0" in capsys.readouterr().err
+
+
+def test_every_field_is_a_flag_with_its_comment_as_help(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for cls in (TrainConfig, adapters.MethodConfig):
+        helps = config.field_help(cls)
+        for f in fields(cls):
+            if f.name != "options":
+                assert f"--{f.name.replace('_', '-')}" in text and " ".join(helps[f.name].split()) in text, f.name
+    source = inspect.getsource(adapters.MethodConfig)  # one line per field: no comment runs onto the next
+    assert not re.search(r"^\s+#", source.split('"""')[-1], flags=re.M)
+
+
+def test_method_options_reach_the_method_config():
+    cfg = parse_args(["--method", "adapter", "--adapter-act", "relu", "--adapter-init-std", "0.01",
+                      "--lora-targets", "query,key", "--lora-alpha", "8.5", "--compile"])
+    assert cfg.options == adapters.MethodConfig("adapter", adapter_act="relu", adapter_init_std=0.01,
+                                                lora_targets=("query", "key"), lora_alpha=8.5)
+    assert cfg.compile and not parse_args(["--no-compile"]).compile
+    record = cfg.record()  # results.json's flat "config": the run's fields and the method's side by side
+    assert record["lora_targets"] == "query,key" and record["adapter_act"] == "relu" and record["epochs"] == 15
+    assert set(record) == {f.name for f in fields(TrainConfig) if f.name != "options"} | \
+        {f.name for f in fields(adapters.MethodConfig)}
+
+
+def test_a_new_field_becomes_a_flag_and_needs_a_comment():
+    @dataclass
+    class Options:
+        train_pooler: bool = False  # train BERT's pooler too
+        width: int = 3  # how wide
+
+    p = argparse.ArgumentParser()
+    config.add_flags(p, Options)
+    assert vars(p.parse_args(["--train-pooler", "--width", "5"])) == {"train_pooler": True, "width": 5}
+    assert "train BERT's pooler too" in p.format_help()
+
+    @dataclass
+    class Silent:
+        width: int = 3
+
+    with pytest.raises(TypeError, match="Silent.width needs a comment"):
+        config.add_flags(argparse.ArgumentParser(), Silent)
