@@ -147,7 +147,7 @@ def finite(x) -> bool:
 MIN_MAX_LENGTH = 8  # [CLS] A [SEP] B [SEP] is 3 special tokens: 8 leaves a pair 5 real tokens, 2-3 per sentence
 
 # The allowed values of every numeric or free-text field: name -> (test, what is allowed). One function
-# applies them (check_values); sweep.py and bench.py apply the same entries to the flags they share.
+# applies them (check_values); study/sweep.py and study/bench.py apply the same entries to the flags they share.
 # Fields with a fixed list of values (task, amp, pooling, adapter_placement, adapter_act) are argparse choices
 # (CHOICES); method and lora_targets are checked by adapters (method_flag, MethodConfig.validate).
 CHECKS = {

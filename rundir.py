@@ -3,7 +3,7 @@ state is the same run, and record a failure in results.json instead of leaving i
 
 What a run leaves in --out is RUN_FILES. Reusing a directory that holds another run's files is
 refused unless --resume continues that run (its configuration must match, RUN_FIELDS) or --overwrite
-deletes the files first; sweep.py's train.log is not a run file (the sweep appends to it before
+deletes the files first; study/sweep.py's train.log is not a run file (the sweep appends to it before
 train.py starts).
 """
 import json
