@@ -324,7 +324,7 @@ def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
            "--data-dir", str(glue_dir), "--quiet"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "6 ran, 0 skipped, 0 failed" in first.stdout
+    assert "6 ran, 0 copied, 0 skipped, 0 failed" in first.stdout
     results = sorted(out.glob("*/results.json"))
     assert len(results) == 6
     mtimes = [p.stat().st_mtime_ns for p in results]
@@ -334,7 +334,7 @@ def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
         assert r["freeze_audit"] == "passed" and (p.parent / "train.log").stat().st_size > 0
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 0 and "0 ran, 6 skipped, 0 failed" in second.stdout, second.stdout
+    assert second.returncode == 0 and "0 ran, 0 copied, 6 skipped, 0 failed" in second.stdout, second.stdout
     assert [p.stat().st_mtime_ns for p in results] == mtimes  # nothing ran again
 
     report_run = subprocess.run([sys.executable, "-m", "study.report", str(out)], cwd=ROOT, capture_output=True,
