@@ -70,7 +70,7 @@ class MethodConfig:
           (XiangLi1999/PrefixTuning).
       train_pooler False: the methods' papers keep BERT's pretrained pooler frozen (the module docstring).
     """
-    method: str = "full"  # one of METHODS, or a hybrid of several joined by "+" ("bitfit+lora")
+    method: str = "full"  # full, bitfit, adapter, lora, head, prompt, prefix, ia3 (METHODS), or several joined by "+" (bitfit+lora; not full, head)
     adapter_size: int = 64  # m, the adapters' bottleneck width
     adapter_placement: str = "houlsby"  # which adapter slots are filled, a key of ADAPTER_SLOTS
     adapter_act: str = "gelu"  # the bottleneck's nonlinearity, a key of model.ACTIVATIONS

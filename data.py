@@ -38,6 +38,27 @@ BUCKET_CHUNK = 50  # length-bucketing sorts chunks of this many batches
 CACHE_VERSION = b"bertfit-encoded-v1"  # change when the cache layout or parsing changes
 
 
+def check_task_files(task_name: str, data_dir_arg=None) -> Path:
+    """Before the model loads: make sure the task's files are there and parse every row (a malformed
+    one fails now, naming file:line); -> the data directory. An explicit directory (--data-dir or
+    $GLUE_DIR) is never downloaded into: a missing file is an error that names it and the command
+    that fetches it. Only the default directory is filled by glue.download.ensure_task."""
+    task, data_dir = get_task(task_name), resolve_data_dir(data_dir_arg)
+    source = "--data-dir" if data_dir_arg else "$GLUE_DIR" if os.environ.get("GLUE_DIR") else None
+    if source:
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"{source} {data_dir} is not a directory")
+        missing = [spec.name for spec in task.files.values() if not (data_dir / task.dir_name / spec.name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{data_dir / task.dir_name}: no {', '.join(missing)} in the data directory "
+                                    f"given by {source}; fetch it with `python -m glue.download --tasks "
+                                    f"{task.name} --dir {data_dir}`")
+    ensure_task(task, data_dir)
+    for split in SPLITS:
+        read_split(task, split, data_dir)
+    return data_dir
+
+
 @dataclass
 class Example:
     text_a: str

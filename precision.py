@@ -25,8 +25,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU advertises bf16 instructions (AVX512-BF16 or AMX). Linux lists them in
+    /proc/cpuinfo; where that file does not exist or cannot be read (macOS, Windows) there is no
+    detection: False, and --amp auto runs fp32."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -1,6 +1,7 @@
 """What a run measures and records about itself: a device-synchronized timer, peak memory, the
 environment, and results.json's layout (the baseline beside every score)."""
 import json
+import math
 import os
 import platform
 import resource
@@ -57,11 +58,34 @@ def environment(device: torch.device, amp_dtype, world_size: int = 1) -> dict:
             "threads": torch.get_num_threads(), "world_size": world_size}
 
 
+def finite_or_null(obj, where="") -> tuple:
+    """(a copy of obj with every NaN or infinity replaced by None, the paths where that happened):
+    strict JSON has no NaN or Infinity, and Python's json writes them by default."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [where or "."]
+    if isinstance(obj, dict):
+        pairs = [(k, finite_or_null(v, f"{where}.{k}" if where else str(k))) for k, v in obj.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(obj, (list, tuple)):
+        items = [finite_or_null(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return obj, []
+
+
+def strict_json(obj, **kwargs) -> str:
+    """json.dumps that never writes NaN or Infinity: they become null, and a dict gets a
+    "nonfinite_values" entry listing where (a flag a reader cannot miss)."""
+    clean, where = finite_or_null(obj)
+    if where and isinstance(clean, dict):
+        clean["nonfinite_values"] = where
+    return json.dumps(clean, allow_nan=False, **kwargs)
+
+
 def write_json(path, obj):
-    """Write atomically: a reader (or a crash) never sees half a file."""
+    """Write strict JSON (strict_json) atomically: a reader (or a crash) never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(strict_json(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
 

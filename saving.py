@@ -13,6 +13,7 @@ their pooling is "cls", which is exactly the set they trained (old_method_config
 """
 import hashlib
 import json
+import os
 import re
 import warnings
 from dataclasses import asdict
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
@@ -29,7 +30,80 @@ from checkpoint import load_pretrained
 from hf import export_peft, import_peft, transformers_config  # noqa: F401 (export_peft, import_peft: re-exported)
 from prompts import PrefixEncoder, SoftPrompt, merge_prefix
 
-FORMAT = "bertfit-trainable/1"  # safetensors metadata "format" of a save_trainable file
+FORMAT = "bertfit-trainable/2"  # safetensors metadata "format" of a save_trainable file
+UNVERIFIED_FORMAT = "bertfit-trainable/1"  # the same, written before files carried a tensor digest
+RESUME_FORMAT = "bertfit-resume/1"  # the "format" entry of a resume.pt
+
+
+def tensor_digest(obj) -> str:
+    """sha256 over a nest of dicts, lists and tensors: keys in sorted order, each tensor's name, dtype,
+    shape and raw bytes, other leaves by repr. safetensors and torch.save store no checksum of their
+    data, so without this one flipped byte inside a tensor loads silently."""
+    digest = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k in sorted(x, key=str):
+                digest.update(f"<{k!r}>".encode())
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            digest.update(f"[{len(x)}".encode())
+            for item in x:
+                walk(item)
+        elif torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(x).encode())
+
+    walk(obj)
+    return digest.hexdigest()
+
+
+def read_tensors(path) -> tuple:
+    """(tensors, header) of a save_trainable file; a file that is unreadable, truncated, or whose
+    tensor bytes differ from the digest saved with them is refused with an error naming it."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    if header.get("format") == UNVERIFIED_FORMAT:
+        warnings.warn(f"{path}: written before checkpoints carried a digest; its tensors cannot be verified")
+    elif header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a save_trainable checkpoint (format {header.get('format')!r})")
+    elif tensor_digest(tensors) != header.get("tensor_digest"):
+        raise ValueError(f"{path}: corrupted: its tensor bytes do not match the sha256 saved with them")
+    return tensors, header
+
+
+def write_resume(path, state: dict):
+    """torch.save `state` with its tensor_digest, atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**state, "format": RESUME_FORMAT, "digest": tensor_digest(state)}, tmp)
+    os.replace(tmp, path)
+
+
+def read_resume(path) -> dict:
+    """The state write_resume saved; an unreadable or truncated file, or one whose digest does not
+    match its contents, is refused with an error naming it."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, pickle.UnpicklingError, EOFError, zipfile errors...
+        raise ValueError(f"{path}: not a readable resume file ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "format" not in state and {"trainable", "results"} <= set(state):
+        warnings.warn(f"{path}: written before resume files carried a digest; its contents cannot be verified")
+        return state
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise ValueError(f"{path}: not a resume file of this version of train.py (no {RESUME_FORMAT!r} format)")
+    saved = state.pop("digest", None)
+    state.pop("format")
+    if tensor_digest(state) != saved:
+        raise ValueError(f"{path}: corrupted: its contents do not match the sha256 saved with them")
+    return state
 
 
 def fingerprint_digest(fp: dict) -> str:
@@ -49,16 +123,17 @@ def save_trainable(model: nn.Module, trainable: list, cfg: MethodConfig, path, m
         raise ValueError("the trainable list is not the model's requires_grad parameters "
                          "(after merge_prefix, pass trainable_params(model))")
     prefix = model.bert.encoder.prefix
-    header = {"format": FORMAT, "method": cfg.method, "method_config": json.dumps(asdict(cfg)), "base_model": str(base),
+    tensors = {n: p.detach().cpu().contiguous() for n, p in trainable}
+    header = {"format": FORMAT, "tensor_digest": tensor_digest(tensors), "method": cfg.method, "method_config": json.dumps(asdict(cfg)), "base_model": str(base),
               "task": str(meta.get("task", "")), "num_labels": str(model.config.num_labels),
               "pooling": model.config.pooling, "frozen_digest": fingerprint_digest(fingerprint(model)),
               "prefix_merged": str(prefix is not None and prefix.merged), "meta": json.dumps(meta)}
-    save_file({n: p.detach().cpu().contiguous() for n, p in trainable}, str(path), metadata=header)
+    save_file(tensors, str(path), metadata=header)
 
 
 def load_trainable_tensors(model: nn.Module, trainable: list, path):
     """Copy a save_trainable file into the trainable parameters; every key and shape must match."""
-    tensors, target = load_file(str(path)), dict(trainable)
+    tensors, target = read_tensors(path)[0], dict(trainable)
     missing, unexpected = sorted(set(target) - set(tensors)), sorted(set(tensors) - set(target))
     if missing or unexpected:
         raise ValueError(f"{path}: keys missing from the checkpoint {missing}, unexpected keys {unexpected}")
@@ -81,13 +156,22 @@ def old_method_config(header: dict):
     return MethodConfig.from_json(json.dumps({**raw, "train_pooler": header["pooling"] == "cls"}))
 
 
+def copy_named(target: dict, tensors: dict, source):
+    """Copy tensors into the parameters of the same names; different names are an error naming
+    `source` and the keys (a state saved by another method)."""
+    missing, unexpected = sorted(set(target) - set(tensors)), sorted(set(tensors) - set(target))
+    if missing or unexpected:
+        raise ValueError(f"{source}: keys missing {missing[:5]}, unexpected keys {unexpected[:5]}"
+                         f"{' (and more)' if len(missing) > 5 or len(unexpected) > 5 else ''}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target[name].copy_(tensor)
+
+
 def load_trainable(path, device="cpu") -> tuple:
     """Rebuild (model, tokenizer, meta) from a save_trainable file: load_pretrained(base, num_labels,
     pooling), apply_method, check the frozen digest, load the trainable tensors."""
-    with safe_open(str(path), "pt") as f:
-        header = f.metadata() or {}
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a save_trainable checkpoint (format {header.get('format')!r})")
+    header = read_tensors(path)[1]  # refuses a corrupt file before the base model loads
     cfg = old_method_config(header) or MethodConfig.from_json(header["method_config"])
     model, tokenizer = load_pretrained(header["base_model"], num_labels=int(header["num_labels"]),
                                        pooling=header["pooling"], verbose=False)

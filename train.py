@@ -16,7 +16,6 @@ atomically after every evaluation, so an interrupted run leaves valid results), 
 """
 import json
 import math
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -33,12 +32,13 @@ import audit
 import data
 import distributed as dist
 import glue
+import rundir
 import saving
 from checkpoint import load_pretrained
-from config import TrainConfig, parse_args
+from config import TrainConfig, check_positions, parse_args, run_cli
 from precision import autocast, grad_scaler, pick_amp, pick_device
 from runinfo import (SyncTimer, environment, new_results, peak_memory_bytes, prediction_list, reset_peak_memory,
-                     scores_vs_baseline, write_json)
+                     scores_vs_baseline, strict_json, write_json)
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
 MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
@@ -48,9 +48,11 @@ def main(argv=None):
     cfg = parse_args(argv)
     dist.init()
     task, device = glue.get_task(cfg.task), pick_device(cfg.device)
+    resume_state, data_dir = check_before_loading(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
                                        verbose=dist.is_main())
+    check_positions(cfg, model.config.max_position_embeddings)
     trainable = adapters.apply_method(model, cfg.options)
     report = audit.audit(model, trainable, cfg.method, cfg.options.train_pooler)
     if dist.is_main():
@@ -62,7 +64,7 @@ def main(argv=None):
     (out / "audit.txt").write_text(report.table() + "\n")
     model.to(device)
     amp_dtype = pick_amp(cfg.amp, device)
-    task_data = data.load_task_data(cfg.task, tokenizer, cfg.data_dir or None, max_length=cfg.max_length,
+    task_data = data.load_task_data(cfg.task, tokenizer, data_dir, max_length=cfg.max_length,
                                     frac=cfg.frac, seed=cfg.seed)
     optimizer = build_optimizer(trainable, cfg, device)
     audit.assert_optimizer_matches(optimizer, trainable)
@@ -73,9 +75,9 @@ def main(argv=None):
     total_steps = cfg.epochs * len(train_batches(cfg, task_data, epoch=0))
     run = Run(cfg, task, task_data, model, train_model, trainable, optimizer, grad_scaler(device, amp_dtype),
               device, amp_dtype, out, results, total_steps)
-    start_epoch = load_resume(run) if cfg.resume else 0
+    start_epoch = load_resume(run, resume_state) if cfg.resume else 0
     if dist.is_main():  # evals.jsonl holds exactly the evaluations in results (none after a restart)
-        (out / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in run.results["evals"]))
+        (out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in run.results["evals"]))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwinds like Ctrl-C: finished epochs are kept
     reset_peak_memory(device)
     status = "complete"
@@ -100,7 +102,18 @@ def main(argv=None):
         print(f"interrupted: {out / 'results.json'} holds the {len(run.results['epochs'])} finished epochs",
               file=sys.stderr)
         raise SystemExit(130)
+    except Exception as e:  # a diverged run or a crash: results.json says so, never "running"
+        raise fail(run, e)
     return finish(run, status, frozen_fingerprint)
+
+
+def check_before_loading(cfg: TrainConfig) -> tuple:
+    """What needs no model, before it loads: --out is this run's (rundir.claim_out_dir; with --resume,
+    the verified resume state) and the data files are there and parse. -> (resume state or None,
+    data directory); (None, None) under --audit, which writes and reads nothing."""
+    if cfg.audit:
+        return None, None
+    return rundir.claim_out_dir(cfg, dist.is_main()), data.check_task_files(cfg.task, cfg.data_dir or None)
 
 
 @dataclass
@@ -138,7 +151,7 @@ def train_batches(cfg: TrainConfig, task_data, epoch: int) -> list:
 def train_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch, or until the time budget is spent; returns what the epoch's record needs."""
     batches = train_batches(run.cfg, run.task_data, epoch)
-    stats = {"steps": 0, "seconds": 0.0, "step_times": [], "tokens": 0, "examples": 0}
+    stats = {"steps": 0, "seconds": 0.0, "step_times": [], "tokens": 0, "examples": 0, "nonfinite": 0}
     nonfinite_run = 0
     run.model.train()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False, disable=quiet_bars())
@@ -147,6 +160,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
         loss, lr = train_step(run, batch)
         if loss is None:  # non-finite: no step was taken
             nonfinite_run += 1
+            stats["nonfinite"] += 1
             if nonfinite_run >= MAX_NONFINITE:
                 raise FloatingPointError(f"{MAX_NONFINITE} consecutive non-finite losses at step {run.step}: "
                                          f"lower --lr (now {run.cfg.lr:g}) or use --amp bf16/off")
@@ -215,7 +229,7 @@ def record_eval(run: Run, epoch: float) -> tuple:
     run.results["evals"].append(line)
     if dist.is_main():
         with open(run.out / "evals.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+            f.write(strict_json(line) + "\n")
     return line, test_predictions
 
 
@@ -232,7 +246,7 @@ def record_epoch(run: Run, epoch: int, stats: dict, line: dict, completed: bool)
                          "mean": float(np.mean(times)) if times else None,
                          "p90": float(np.percentile(times, 90)) if times else None},
         "padding_fraction": stats["padding_fraction"],
-        "val": line["val"], "test": line["test"], "completed": completed})
+        "val": line["val"], "test": line["test"], "completed": completed, "nonfinite_steps": stats["nonfinite"]})
     run.results["data"]["padding_fraction"] = stats["padding_fraction"]
 
 
@@ -255,38 +269,41 @@ def epoch_line(run: Run, epoch: int, line: dict) -> str:
     """The one log line per epoch: time, speed, and the scores beside the baseline's."""
     record = run.results["epochs"][-1]
     return (f"epoch {epoch:3d} | train {record['train_seconds']:7.1f}s | {record['tokens_per_second']:8.0f} tok/s | "
-            f"{scores_vs_baseline(line, run.results['baseline'], run.task.headline)}")
+            f"{scores_vs_baseline(line, run.results['baseline'], run.task.headline)}"
+            + (f" | {record['nonfinite_steps']} non-finite steps skipped (loss NaN or inf: no update)"
+               if record["nonfinite_steps"] else ""))
 
 
 def save_resume(run: Run, epoch: int):
-    """resume.pt: the state after `epoch`, written atomically; load_resume reads it back."""
-    torch.save({"epoch": epoch, "step": run.step, "results": json.dumps(run.results),
-                "trainable": {n: p.detach().cpu() for n, p in run.trainable},
-                "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-                "rng": torch.get_rng_state()}, run.out / "resume.pt.tmp")
-    os.replace(run.out / "resume.pt.tmp", run.out / "resume.pt")
+    """resume.pt: the state after `epoch` with its sha256, written atomically (saving.write_resume)."""
+    saving.write_resume(run.out / "resume.pt", {
+        "epoch": epoch, "step": run.step, "results": json.dumps(run.results),
+        "trainable": {n: p.detach().cpu() for n, p in run.trainable},
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state()})
 
 
-def load_resume(run: Run) -> int:
-    """Restore what save_resume wrote, if the run directory has it; returns the epoch to start from."""
+def load_resume(run: Run, state) -> int:
+    """Restore the state save_resume wrote, read and verified by rundir.claim_out_dir (None: there was
+    no resume.pt); returns the epoch to start from."""
     path = run.out / "resume.pt"
-    if not path.is_file():
+    if state is None:
         print(f"--resume: no {path}, starting fresh")
         return 0
-    state = torch.load(path, weights_only=True)
     run.step, run.results = state["step"], json.loads(state["results"])
-    named = dict(run.trainable)
-    if set(state["trainable"]) != set(named):  # e.g. started before the pooler was frozen: --train-pooler
-        raise ValueError(f"{path} holds another trainable set: in the file only "
-                         f"{sorted(set(state['trainable']) - set(named))[:4]}, in this run only "
-                         f"{sorted(set(named) - set(state['trainable']))[:4]}")
-    for name, tensor in state["trainable"].items():
-        named[name].data.copy_(tensor)
+    saving.copy_named(dict(run.trainable), state["trainable"], path)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])  # a disabled scaler saved {} and ignores it
     torch.set_rng_state(state["rng"])
     print(f"resumed from {path} after epoch {state['epoch']}")
     return state["epoch"]
+
+
+def fail(run: Run, error: BaseException) -> BaseException:
+    """results.json says "failed" and why (rundir.failure_reason), so a stopped run never stays
+    "running"; returns the error, for main to raise on."""
+    run.results["failure"] = rundir.failure_reason(error)
+    save_results(run, "failed")
+    return error
 
 
 def save_results(run: Run, status: str):
@@ -301,7 +318,9 @@ def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:
     """The frozen-weights proof, the final results.json, the summary line; a moved tensor is an error."""
     verdict = audit.verify_frozen(run.model, frozen_fingerprint)
     run.results["freeze_audit"] = "passed" if verdict["verdict"] == "passed" else verdict
-    save_results(run, status)
+    if verdict["verdict"] != "passed":
+        run.results["failure"] = f"frozen tensors moved during training: {verdict['moved']}"
+    save_results(run, status if verdict["verdict"] == "passed" else "failed")
     dist.cleanup()
     if verdict["verdict"] != "passed":
         raise RuntimeError(f"frozen tensors moved during training: {verdict['moved']}")
@@ -376,4 +395,4 @@ def lr_factor(step: int, total_steps: int, warmup: float, budget_progress=None) 
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -29,7 +29,7 @@ from model import BertConfig, BertForSequenceClassification, encoder_flops_per_t
 from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
 from tokenizer import BertTokenizer
 from checkpoint import load_pretrained, minilm_dir
-from config import method_flag
+from config import CHOICES, METHOD_HELP, method_flag, run_cli, value_problem
 from precision import AMP_CHOICES, autocast, grad_scaler, pick_amp, pick_device
 
 HF_REFERENCE = ("full", "bitfit", "lora", "head")  # methods hf_model builds the reference way
@@ -145,27 +145,56 @@ def mfu(row, config, device, seq_len):
     return None if peak is None else 3 * encoder_flops_per_token(config, seq_len) * row["train_tokens_per_second"] / (peak * 1e12)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="minilm", help="checkpoint, or bert-base-random (speed only)")
-    p.add_argument("--task", default="mrpc")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: X)' to every flag's help, except where the help says what '' means and for switches."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is False or action.default in ("", None) else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--model", default="minilm", help="checkpoint directory, 'minilm', a hub id, or "
+                   "bert-base-random (BERT-base's shape with random weights: speed only)")
+    p.add_argument("--task", default="mrpc", choices=CHOICES["task"], help="GLUE task whose batches are measured")
     p.add_argument("--methods", nargs="+", default=list(adapters.METHODS), type=method_flag,
-                   help=f"any of {', '.join(adapters.METHODS)}, or hybrids such as bitfit+lora")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                   help=f"methods to measure: {METHOD_HELP}")
+    p.add_argument("--pooling", choices=CHOICES["pooling"], default="cls",
                    help="cls by default, so that our model and transformers' compute the same thing")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=30, help="measured training steps per method (more than an epoch has: the whole epoch)")
-    p.add_argument("--warmup", type=int, default=3, help="steps run first and left out")
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--lr", type=float, default=0.0)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--compare-hf", action="store_true")
-    p.add_argument("--data-dir", default="")
-    p.add_argument("--out", default="", help="JSON file (default bench-<device>.json)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example after truncation")
+    p.add_argument("--steps", type=int, default=30,
+                   help="measured training steps per method (more than an epoch has: the whole epoch)")
+    p.add_argument("--warmup", type=int, default=3, help="training steps run first and left out of the timing")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="autocast precision (fp16: with a GradScaler, CUDA only)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate; 0 = 1e-4 (speed does not depend on it)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--compare-hf", action="store_true",
+                   help=f"also measure transformers (+ peft for LoRA) for {', '.join(HF_REFERENCE)}")
+    p.add_argument("--data-dir", default="", help="GLUE directory; '' = $GLUE_DIR, else ~/.cache/bertfit/glue_data")
+    p.add_argument("--out", default="", help="JSON file of the results; '' = bench-<device>.json")
+    return p
+
+
+def parse_args(argv=None):
+    """CLI -> args; values are range-checked with train.py's checks (config.CHECKS) where the flags
+    mean the same, so a bad value fails before anything loads."""
+    p = build_parser()
     args = p.parse_args(argv)
+    problems = [value_problem(name, getattr(args, name)) for name in
+                ("model", "batch_size", "eval_batch_size", "max_length", "lr", "device")]
+    problems += [f"--steps must be >= 1, got {args.steps}" if args.steps < 1 else None,
+                 f"--warmup must be >= 0 steps, got {args.warmup}" if args.warmup < 0 else None]
+    for problem in [x for x in problems if x][:1]:
+        p.error(problem)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = pick_device(args.device)
     amp_dtype = pick_amp(args.amp, device)
     torch.manual_seed(0)
@@ -242,4 +271,4 @@ def print_table(result):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -79,7 +79,7 @@ def header(runs, ignored) -> list:
     lines.append(f"- frozen-weights audit: {audits.count('passed')} of {len(runs)} runs passed")
     if ignored:
         names = ", ".join(f"{r['dir']} ({r.get('status')})" for r in ignored)
-        lines.append(f"- ignored {len(ignored)} unfinished runs: {names}")
+        lines.append(f"- ignored {len(ignored)} runs (unfinished, failed, duplicates, not results files): {names}")
     return lines + [""]
 
 

@@ -28,13 +28,43 @@ def load(root: Path, tuning=False):
     for path in sorted((root / "tune" if tuning else root).rglob("results.json")):
         if not tuning and path.relative_to(root).parts[0] == "tune":
             continue
-        try:
-            r = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            r = {"status": "unreadable"}
+        r = read_run(path)
         r["dir"] = path.parent.relative_to(root).as_posix()
         (runs if r.get("status") in DONE else ignored).append(r)
-    return runs, ignored
+    return flag_duplicates(runs, ignored, tuning)
+
+
+RESULTS_KEYS = ("task", "method", "frac", "seed", "status", "config", "params", "best", "evals", "epochs",
+                "time", "environment")  # what the tables read from a finished run's results.json
+
+
+def read_run(path: Path) -> dict:
+    """A results.json as a dict; a file that is not one (unreadable, not JSON, or without the keys
+    train.py writes) becomes {"status": "<what is wrong>"}, listed with the ignored runs by name."""
+    try:
+        r = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        return {"status": f"unreadable ({type(e).__name__})"}
+    missing = [k for k in RESULTS_KEYS if k not in r] if isinstance(r, dict) else list(RESULTS_KEYS)
+    if missing:
+        return {"status": f"not a results file (no {', '.join(missing[:3])})"}
+    return r
+
+
+def flag_duplicates(runs, ignored, tuning=False):
+    """Two finished runs of one (task, method, frac, seed, budget or not; and rate, among tuning runs)
+    in one study would both be counted in a cell as if they were two seeds: the first (by directory)
+    is kept, every other one is moved to the ignored runs, marked as a duplicate of it. -> (runs, ignored)."""
+    first, kept = {}, []
+    for r in runs:
+        key = (r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0,
+               r["config"].get("lr") if tuning else None)
+        if key in first:
+            ignored.append({**r, "status": f"duplicate of {first[key]['dir']}"})
+        else:
+            first[key] = r
+            kept.append(r)
+    return kept, ignored
 
 
 def is_budget(r) -> bool:

@@ -41,7 +41,8 @@ from study.presets import PRESETS, Preset, Run, grid, shard, tuning_grid
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 DONE = ("complete", "time_budget")  # results.json statuses of a finished run
-RESUMABLE = ("running", "interrupted")  # a run that stopped early; train.py --resume continues it
+RESUMABLE = ("running", "interrupted", "failed")  # stopped early; train.py --resume continues it (a
+# failed one from its last finished epoch, or from the start: the failure may have been the machine's)
 PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that change the results
 TUNED = "tuned.json"  # the tuning stage's choice, in the study folder
 
@@ -204,15 +205,10 @@ def parse_args(argv=None):
     preset = replace(preset, **axes, **{k: getattr(args, k) for k in ("epochs", "budget_minutes", "budget_epochs",
                                                                     "model", "max_length")
                                         if getattr(args, k) is not None})
-    checks = [(preset.epochs >= 1, f"--epochs must be >= 1, got {preset.epochs}"),
-              (preset.budget_minutes >= 0, f"--budget-minutes must be >= 0, got {preset.budget_minutes}"),
-              (preset.budget_epochs >= 1, f"--budget-epochs must be >= 1, got {preset.budget_epochs}"),
-              (all(0 < f <= 1 for f in preset.fracs), f"--fracs must be in (0, 1], got {preset.fracs}"),
-              (all(len(a) for a in (preset.tasks, preset.methods, preset.fracs, preset.seeds)),
-               "--tasks, --methods, --fracs and --seeds must not be empty")]
-    for ok, message in checks:
-        if not ok:
-            p.error(message)
+    if not all(len(a) for a in (preset.tasks, preset.methods, preset.fracs, preset.seeds)):
+        p.error("--tasks, --methods, --fracs and --seeds must not be empty")
+    for problem in value_problems(args, preset)[:1]:
+        p.error(problem)
     try:
         i, n = (int(x) for x in args.shard.split("/"))
         shard([], i, n)
@@ -233,6 +229,21 @@ def parse_args(argv=None):
     # hybrids by their canonical name, the one train.py uses: lora+bitfit and bitfit+lora are one configuration
     args.preset = replace(preset, methods=tuple(dict.fromkeys(adapters.canonical_method(m) for m in preset.methods)))
     return args
+
+
+def value_problems(args, preset: Preset) -> list:
+    """train.py's range checks (config.CHECKS) on the values the sweep will pass it, named by the
+    sweep's flags; imported here, not at the top, so that the grid arithmetic needs no torch."""
+    import config
+    values = [("epochs", preset.epochs, "--epochs"), ("time_budget", preset.budget_minutes, "--budget-minutes"),
+              ("epochs", preset.budget_epochs, "--budget-epochs"), *[("frac", f, "--fracs") for f in preset.fracs],
+              *[("seed", x, "--seeds") for x in preset.seeds], ("max_length", preset.max_length, "--max-length"),
+              ("model", preset.model, "--model"), ("batch_size", args.batch_size, "--batch-size"),
+              ("device", args.device, "--device")]
+    problems = [config.value_problem(name, v, flag) for name, v, flag in values if v is not None]
+    problems += [f"--{name} must be one of {', '.join(config.CHOICES[name])}, got {getattr(args, name)!r}"
+                 for name in ("amp", "pooling") if getattr(args, name) not in (None, *config.CHOICES[name])]
+    return [p for p in problems if p]
 
 
 def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None) -> int:

@@ -15,7 +15,7 @@ from config import TrainConfig, default_lr, method_flag, parse_args
 @pytest.mark.parametrize("argv, message", [
     (["--frac", "0"], "--frac must be in (0, 1]"),
     (["--frac", "1.2"], "--frac must be in (0, 1]"),
-    (["--time-budget", "-1"], "--time-budget must be positive"),
+    (["--time-budget", "-1"], "--time-budget must be finite minutes >= 0"),
     (["--task", "sst9"], "invalid choice: 'sst9' (choose from 'cola', 'mrpc', 'stsb')"),
     (["--method", "prefix-magic"], "invalid choice: 'prefix-magic'"),
     (["--amp", "fp8"], "invalid choice: 'fp8'"),
@@ -47,7 +47,7 @@ def test_hybrid_flags_and_learning_rate(capsys):
     assert "unknown part 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--method", "prompt", "--prompt-length", "0"])
-    assert "prompt_length, prefix_length and prefix_hidden must be >= 1" in capsys.readouterr().err
+    assert "--prompt-length must be in 1..504, got 0" in capsys.readouterr().err
 
 
 def test_every_field_is_a_flag_with_its_comment_as_help(capsys):

@@ -12,7 +12,7 @@ from adapters import MethodConfig, apply_method, mergeable_layers
 from checkpoint import load_pretrained, load_state_dict
 from helpers import ALL_TARGETS, CORE, POOLINGS, SMALL, batch, logits, step_and_check
 from model import BertForSequenceClassification
-from saving import export_merged, load_trainable, save_trainable
+from saving import export_merged, load_trainable, save_trainable, tensor_digest
 from tokenizer import BertTokenizer
 
 
@@ -97,10 +97,14 @@ def test_load_errors_name_the_key(minilm, tmp_path):
         header = f.metadata()
     tensors = load_file(str(path))
     key = "bert.encoder.layer.3.attention.self.value.lora_A"
-    save_file({k: v for k, v in tensors.items() if k != key}, str(tmp_path / "missing.safetensors"), header)
+
+    def save_with_digest(tensors, path):  # a well-formed file that holds other tensors than the model's
+        save_file(tensors, str(path), {**header, "tensor_digest": tensor_digest(tensors)})
+
+    save_with_digest({k: v for k, v in tensors.items() if k != key}, tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match=f"missing from the checkpoint \\['{key}'\\]"):
         load_trainable(tmp_path / "missing.safetensors")
-    save_file({**tensors, key: torch.zeros(3, 384)}, str(tmp_path / "shape.safetensors"), header)
+    save_with_digest({**tensors, key: torch.zeros(3, 384)}, tmp_path / "shape.safetensors")
     with pytest.raises(ValueError, match=r"value.lora_A: checkpoint \(3, 384\), model \(8, 384\)"):
         load_trainable(tmp_path / "shape.safetensors")
     with torch.no_grad():  # a frozen weight that moved: the checkpoint no longer fits the base model
@@ -108,6 +112,28 @@ def test_load_errors_name_the_key(minilm, tmp_path):
     save_trainable(model, trainable, cfg, tmp_path / "moved.safetensors", {"base_model": "minilm"})
     with pytest.raises(ValueError, match="frozen tensors"):
         load_trainable(tmp_path / "moved.safetensors")
+
+
+def test_corrupted_or_truncated_checkpoint_is_refused_naming_the_file(minilm, tmp_path):
+    """One flipped byte inside a tensor's data loads silently from safetensors alone (a logit moved
+    from -0.17 to 925.9 in the issue's trial); the digest in the header refuses it."""
+    model = copy.deepcopy(minilm["mean"][0])
+    cfg = MethodConfig("lora")
+    trainable = apply_method(model, cfg)
+    path = tmp_path / "best.safetensors"
+    save_trainable(model, trainable, cfg, path, {"base_model": "minilm"})
+    raw = bytearray(path.read_bytes())
+    data_start = 8 + int.from_bytes(raw[:8], "little")  # u64 header length, JSON header, then tensor bytes
+    flipped = bytearray(raw)
+    flipped[data_start + 1001] ^= 0x40
+    (tmp_path / "flipped.safetensors").write_bytes(flipped)
+    load_file(str(tmp_path / "flipped.safetensors"))  # safetensors itself does not notice
+    with pytest.raises(ValueError, match=r"flipped\.safetensors: corrupted"):
+        load_trainable(tmp_path / "flipped.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(ValueError, match=r"cut\.safetensors: not a readable safetensors file"):
+        load_trainable(tmp_path / "cut.safetensors")
+    load_trainable(path)  # the untouched file still loads
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)

@@ -98,13 +98,6 @@ def test_time_budget_stops_training_and_still_evaluates(tmp_path, glue_dir):
     assert results["best"] is not None and results["freeze_audit"] == "passed"
 
 
-def test_repeated_nonfinite_losses_abort(tmp_path, glue_dir, monkeypatch):
-    monkeypatch.setattr(train, "loss_fn", lambda logits, labels, regression: (logits * float("nan")).sum())
-    monkeypatch.setattr(train, "MAX_NONFINITE", 3)
-    with pytest.raises(FloatingPointError, match="3 consecutive non-finite losses"):
-        run(tmp_path, glue_dir, "--epochs", "1")
-
-
 def test_torchrun_two_cpu_processes_agree_with_one(tmp_path, glue_dir):
     """DistributedDataParallel over gloo: each step's batch is split across the ranks, so the run
     follows the single-process one up to dropout masks and float summation order."""
