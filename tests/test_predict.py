@@ -126,7 +126,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, minilm_dir, capsys):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint")
     cases = [(tmp_path / "missing.safetensors", "no such checkpoint file"),
-             (garbage, "not a safetensors file"),
+             (garbage, "not a readable safetensors file"),
              (minilm_dir / "model.safetensors", "not a save_trainable checkpoint (format 'pt')")]
     for path, message in cases:
         with pytest.raises(SystemExit) as e:
