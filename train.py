@@ -99,8 +99,7 @@ def main(argv=None):
                 break
     except KeyboardInterrupt:
         save_results(run, "interrupted")
-        print(f"interrupted: {out / 'results.json'} holds the {len(run.results['epochs'])} finished epochs",
-              file=sys.stderr)
+        print(f"interrupted: {out / 'results.json'} keeps {len(run.results['epochs'])} epochs", file=sys.stderr)
         raise SystemExit(130)
     except Exception as e:  # a diverged run or a crash: results.json says so, never "running"
         raise fail(run, e)
