@@ -220,7 +220,7 @@ def export_merged(model: nn.Module, path, tokenizer=None, task=None) -> Path:
     (out / "config.json").write_text(json.dumps(transformers_config(c, task), indent=2))
     if c.pooling != "cls":
         warnings.warn(f"{out}: pooling {c.pooling!r}: transformers' BertForSequenceClassification would pool [CLS] "
-                      "through the pooler; model.load_pretrained reads the pooling from 1_Pooling/config.json")
+                      "through the pooler; checkpoint.load_pretrained reads the pooling from 1_Pooling/config.json")
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": c.hidden_size, "pooling_mode_cls_token": c.pooling == "cls",
