@@ -1,7 +1,6 @@
 """The study's plots, PNG files made from the runs' results (study/runs.py) for RESULTS.md."""
 import matplotlib
 
-from study import claims
 from study.runs import COLORS, METHODS, METRIC_LABEL, TASKS, group, is_budget, largest_fraction, mean_std, \
     ordered, rank, values
 
@@ -105,9 +104,8 @@ def plot_cost(fixed, path):
     save(fig, path)
 
 
-def plot_differences(fixed, path):
-    """Method − full fine-tuning by data fraction: mean over seeds with its 95% t interval."""
-    diffs = claims.cell_differences(fixed)
+def plot_differences(diffs, path):
+    """Method − full fine-tuning by data fraction (claims.cell_differences): mean over seeds, 95% t interval."""
     tasks = ordered({d["task"] for d in diffs}, TASKS)
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(7, 5 * len(tasks)), 4.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):

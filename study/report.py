@@ -117,14 +117,14 @@ def main_tables(fixed) -> list:
     return lines
 
 
-def comparison(fixed) -> list:
+def comparison(diffs: list) -> list:
+    """The table of claims.cell_differences, one row per task x fraction x method."""
     lines = ["## Each method against full fine-tuning", "",
              "Paired by seed (one seed: the same training subset and data order for both methods): the mean "
              "over seeds of method − full, test score @best x 100; its 95% t interval over seeds; the 95% "
              "paired-bootstrap interval over test examples (1,000 resamples of GLUE dev, both methods scored "
              "on the same draw, averaged over the seeds); the verdict is *better* or *worse* only when both "
              "intervals leave out zero (claims.py).", ""]
-    diffs = claims.cell_differences(fixed)
     if not diffs:
         return lines + ["No full fine-tuning runs to compare with.", ""]
     rows = [[d["task"], f"{d['frac']:g}", d["method"], len(d["seeds"]), f"{d['mean']:+.2f}",
@@ -207,11 +207,12 @@ def report(root) -> Path:
     lines = header(runs, ignored) + tuning_table(root)
     plots = []
     if fixed:
-        lines += main_tables(fixed) + comparison(fixed) + stability(fixed) + efficiency(fixed)
+        diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the table and the plot
+        lines += main_tables(fixed) + comparison(diffs) + stability(fixed) + efficiency(fixed)
         plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
                   ("cost.png", plot_cost, fixed)]
-        if claims.cell_differences(fixed):
-            plots.append(("difference_vs_fraction.png", plot_differences, fixed))
+        if diffs:
+            plots.append(("difference_vs_fraction.png", plot_differences, diffs))
     lines += budget_table([r for r in runs if is_budget(r)])
     plots.append(("metric_vs_time.png", plot_time, runs))
     lines += ["## Plots", ""]
