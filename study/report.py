@@ -232,9 +232,3 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m study.report RESULTS_DIR")
     report(sys.argv[1])
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m study.report RESULTS_DIR")
-    report(sys.argv[1])

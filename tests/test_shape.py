@@ -1,5 +1,6 @@
 """The codebase's shape, checked: layers point one way (no import cycle among the project's modules,
-model.py needs only torch), no function outside tests over 80 lines, no file over 400 lines."""
+model.py needs only torch), no function outside tests over 80 lines, no file over 400 lines, nothing
+defined twice at the top of a module (what a merge can leave behind, and Python accepts silently)."""
 import ast
 from pathlib import Path
 
@@ -76,3 +77,33 @@ def test_functions_and_files_stay_small():
     tests = sorted((ROOT / "tests").glob("*.py"))
     long_files = {str(p.relative_to(ROOT)) for p in SOURCES + tests if len(p.read_text().splitlines()) > MAX_FILE_LINES}
     assert long_files == set(LONG_FILES)
+
+
+def repeated_top_level(source: str) -> list:
+    """Names a module defines twice at its top level (functions, classes), and a second
+    `if __name__ == "__main__":` block: the later one silently replaces, or repeats, the first."""
+    seen, repeats = set(), []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, ast.If) and ast.unparse(node.test).replace("'", '"') == '__name__ == "__main__"':
+            name = "if __name__ == '__main__'"
+        else:
+            continue
+        if name in seen:
+            repeats.append(f"{name} (line {node.lineno})")
+        seen.add(name)
+    return repeats
+
+
+def test_nothing_is_defined_twice():
+    found = {str(p.relative_to(ROOT)): r for p in SOURCES + sorted((ROOT / "tests").glob("*.py"))
+             if (r := repeated_top_level(p.read_text()))}
+    assert found == {}
+
+
+def test_a_repeated_definition_is_found():
+    main = 'if __name__ == "__main__":\n    main()\n'
+    assert repeated_top_level("def f(): pass\nclass C: pass\ndef f(): pass\n" + main + main) == \
+        ["f (line 3)", "if __name__ == '__main__' (line 6)"]
+    assert repeated_top_level("def f(): pass\ndef g(): pass\n" + main) == []
