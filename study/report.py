@@ -156,6 +156,32 @@ def tuning_table(root: Path) -> list:
     return lines + table(["task", "method", "rate: validation @best (epoch)", "chosen"], rows)
 
 
+LEVEL_POINTS = 1.0  # levelled off: within this many points (x 100) of the run's best validation score
+
+
+def levelling(fixed) -> list:
+    """Is the grid's epoch count enough? Full fine-tuning on all the data: its validation score by
+    epoch (mean over seeds), the first epoch within LEVEL_POINTS of each run's best, and the change
+    over the last two epochs."""
+    full = [r for r in fixed if r["method"] == "full" and r["frac"] == 1.0]
+    if not full:
+        return []
+    lines = ["## Epochs: does full fine-tuning level off?", "",
+             f"Full fine-tuning on all the training data, validation score x 100 after each epoch (mean over "
+             f"seeds); *levelled by* is the first epoch within {LEVEL_POINTS:g} point of the run's best "
+             "validation score (mean over seeds); *last two epochs* is the change of the mean curve over them.", ""]
+    rows = []
+    for task, rs in sorted(group(full, lambda r: r["task"]).items(), key=lambda kv: rank(kv[0], TASKS)):
+        m = rs[0]["best"]["metric"]
+        curves = [[100 * e["val"][m] for e in r["epochs"]] for r in rs]
+        n = min(len(c) for c in curves)
+        mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
+        levelled = [next(i + 1 for i, v in enumerate(c) if v >= max(c) - LEVEL_POINTS) for c in curves]
+        rows.append([task, len(rs), " → ".join(f"{v:.2f}" for v in mean), fmt(levelled, 1, spread=False),
+                     f"{mean[-1] - mean[-3]:+.2f}" if n >= 3 else "–"])
+    return lines + table(["task", "seeds", "validation by epoch", "levelled by (epoch)", "last two epochs"], rows)
+
+
 def stability(fixed) -> list:
     lines = ["## Stability across seeds", "",
              "Standard deviation over seeds of the test score @best (x 100), averaged over the fractions "
@@ -208,7 +234,7 @@ def report(root) -> Path:
     plots = []
     if fixed:
         diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the table and the plot
-        lines += main_tables(fixed) + comparison(diffs) + stability(fixed) + efficiency(fixed)
+        lines += main_tables(fixed) + comparison(diffs) + levelling(fixed) + stability(fixed) + efficiency(fixed)
         plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
                   ("cost.png", plot_cost, fixed)]
         if diffs:

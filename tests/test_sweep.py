@@ -291,6 +291,8 @@ def test_report_tables_match_hand_computation(synthetic):
     # the tuning stage's runs make their own table and stay out of the grid: 2e-3 scores best on validation
     assert "| mrpc | lora | 0.0002: 70.00 (1); **0.002: 90.00 (1)** | 0.002 |" in text
     assert "| lora | 1 |" not in text
+    # levelling: full's validation 70, 80, 90 in every seed: its best (90) is reached at epoch 3, +20 over two epochs
+    assert "| mrpc | 3 | 70.00 → 80.00 → 90.00 | 3.0 | +20.00 |" in text
     # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
     assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
     # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
@@ -301,6 +303,16 @@ def test_report_tables_match_hand_computation(synthetic):
     for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
         assert (synthetic / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![{png}]({png})" in text
+
+
+def test_levelling_finds_the_epoch_within_one_point_of_the_best():
+    # seed 0 reaches 85.5, within 1 point of its best 86, at epoch 2; seed 1 reaches its best 90 at epoch 4
+    rs = [fake_results("stsb", "full", 1.0, 0, [0.80, 0.855, 0.86, 0.86], [0.5] * 4),
+          fake_results("stsb", "full", 1.0, 1, [0.70, 0.80, 0.85, 0.90], [0.5] * 4),
+          fake_results("stsb", "bitfit", 1.0, 0, [0.1] * 4, [0.1] * 4), fake_results("stsb", "full", 0.5, 0, [0.1], [0.1])]
+    # mean curve 75, 82.75, 85.5, 88: +5.25 over the last two epochs; levelled by (2 + 4) / 2 = 3.0
+    assert "| stsb | 2 | 75.00 → 82.75 → 85.50 → 88.00 | 3.0 | +5.25 |" in report.levelling(rs)
+    assert report.levelling(rs[2:3]) == []  # no full fine-tuning on all the data: no table
 
 
 def test_time_to_95_percent():
@@ -340,6 +352,7 @@ def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
     report_run = subprocess.run([sys.executable, "-m", "study.report", str(out)], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
     assert report_run.returncode == 0, report_run.stderr
+    assert report_run.stdout.count("wrote ") == 1, report_run.stdout  # made once per command
     text = (out / "RESULTS.md").read_text()
     assert "### mrpc (F1)" in text and "## Fixed training-time budget" in text and "| lora | 0.04 | 1 |" in text
     for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
