@@ -36,6 +36,7 @@ class Preset:
     model: str = None  # --model; None = train.py's default (google-bert/bert-base-uncased)
     max_length: int = None  # --max-length; None = train.py's default (128)
     tune: bool = True  # the main grid's rates come from the tuning stage (False: train.py's defaults)
+    amp: str = None  # --amp; None = train.py's default (auto: bf16 where the hardware has it, else fp32)
 
 
 PRESETS = {
@@ -45,18 +46,20 @@ PRESETS = {
     "paper": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
                     fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2, 3, 4), epochs=20,
                     budget_minutes=10, budget_epochs=1000),
-    # The CPU study on MiniLM (6 layers, hidden 384): the paper's grid with 3 seeds. 6 epochs: in the
+    # The CPU study on MiniLM (6 layers, hidden 384): the paper's grid with 3 seeds, in fp32 (amp off):
+    # with auto, a CPU with native bf16 would train in bf16 and one without in fp32, and a study run
+    # across machines would mix the two (this project's machines have been of both kinds). 6 epochs: in the
     # 10-minute runs of the first CPU study (full fine-tuning at 2e-5, schedule over the budget) the
     # validation score of full fine-tuning levelled off by epoch 3-4 on MRPC, 5-6 on STS-B, and
     # gained under 1 point per 2 epochs on CoLA after epoch 5; README "Protocol" has the numbers.
     "cpu": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),
                   fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2), epochs=6, budget_minutes=10, budget_epochs=100,
-                  model="minilm"),
+                  model="minilm", amp="off"),
     # The survey's other families on the CPU study's protocol: soft prompts, prefixes, (IA)^3, and two
     # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare.
     "families": Preset(methods=("prompt", "prefix", "ia3", "bitfit+lora", "adapter+bitfit"),
                        tasks=("mrpc", "cola", "stsb"), fracs=(0.3, 1.0), seeds=(0, 1), epochs=3,
-                       budget_minutes=10, budget_epochs=100, model="minilm"),
+                       budget_minutes=10, budget_epochs=100, model="minilm", amp="off"),
     # Seconds, not minutes: checks that the sweep, train.py and report.py fit together.
     # 66 and 132 training examples of 16 tokens; evaluating 774 examples per run is most of the work.
     "smoke": Preset(methods=("bitfit", "lora"), tasks=("mrpc",), fracs=(0.02, 0.04), seeds=(0,), epochs=1,

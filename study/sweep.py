@@ -43,7 +43,7 @@ TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 DONE = ("complete", "time_budget")  # results.json statuses of a finished run
 RESUMABLE = ("running", "interrupted", "failed")  # stopped early; train.py --resume continues it (a
 # failed one from its last finished epoch, or from the start: the failure may have been the machine's)
-PROTOCOL = ("model", "batch_size", "max_length", "pooling")  # common flags that change the results
+PROTOCOL = ("model", "batch_size", "max_length", "pooling", "amp")  # common flags that change the results
 TUNED = "tuned.json"  # the tuning stage's choice, in the study folder
 
 def choose_rates(runs: list, out: Path) -> dict:
@@ -203,7 +203,7 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(f"--fracs takes numbers and --seeds integers, separated by commas: {e}")
     preset = replace(preset, **axes, **{k: getattr(args, k) for k in ("epochs", "budget_minutes", "budget_epochs",
-                                                                    "model", "max_length")
+                                                                    "model", "max_length", "amp")
                                         if getattr(args, k) is not None})
     if not all(len(a) for a in (preset.tasks, preset.methods, preset.fracs, preset.seeds)):
         p.error("--tasks, --methods, --fracs and --seeds must not be empty")
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     p, out = args.preset, Path(args.out)
     common = {"model": p.model, "data_dir": args.data_dir, "batch_size": args.batch_size,
-              "max_length": p.max_length, "amp": args.amp, "device": args.device, "pooling": args.pooling}
+              "max_length": p.max_length, "amp": p.amp, "device": args.device, "pooling": args.pooling}
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the sweep (and its train.py) like Ctrl-C
         signal.signal(sig, signal.default_int_handler)
     code = 0

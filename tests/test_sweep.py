@@ -70,6 +70,10 @@ def test_overrides_and_passthrough():
     runs = presets.grid(args.preset)
     assert len(runs) == 4 * 3 * 1 * 2 and {r.seed for r in runs} == {3, 4} and {r.epochs for r in runs} == {7}
     assert args.preset.model == "minilm" and args.extra == ["--eval-every", "20"]
+    assert args.preset.amp == "off" and sweep.parse_args(["--grid", "cpu", "--out", "x", "--amp", "bf16"]).preset.amp == "bf16"
+    # a finished run in another precision is not what the study asks for
+    run = presets.Run("mrpc", "full", 1.0, 0, 6)
+    assert sweep.differences({"config": {"epochs": 6, "amp": "auto"}}, run, {"amp": "off"}) == ["amp auto (asked off)"]
 
 
 def test_hybrid_methods_take_their_canonical_name(capsys):
@@ -204,6 +208,7 @@ def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeyp
     assert len(lines) == 6 + 2 * 2 * 2 - 2  # 6 tuning runs; the main grid's seed-0 frac-1 cells are copies
     assert all(" --lr 0.001 " in x for x in lines[6:] if "bitfit" in x)
     assert all(" --lr 0.0006 " in x for x in lines[6:] if "lora" in x)
+    assert all(" --amp off" in x for x in lines)  # the cpu preset trains in fp32 on every machine
     copied = json.loads((out / "mrpc-lora-f1-s0" / "results.json").read_text())
     assert copied["copied_from"] == "tune/mrpc-lora-f1-s0-lr0.0006" and copied["config"]["lr"] == 6e-4
     assert sorted(p.name for p in (out / "tune").iterdir())[0] == "mrpc-bitfit-f1-s0-lr0.0003"
