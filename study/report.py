@@ -75,12 +75,19 @@ def header(runs, ignored) -> list:
     if budget:
         lines.append(f"- time-budget runs: {listing(c['time_budget'] for c in budget)} minutes of training "
                      f"(evaluation excluded), epoch cap {listing(c['epochs'] for c in budget)}")
+    lines.append(f"- compute: {compute_hours(runs):.1f} hours of training and evaluation, summed over the runs "
+                 "(runs that shared the machine overlap in wall time; model loading is not counted)")
     audits = [r.get("freeze_audit") for r in runs]
     lines.append(f"- frozen-weights audit: {audits.count('passed')} of {len(runs)} runs passed")
     if ignored:
         names = ", ".join(f"{r['dir']} ({r.get('status')})" for r in ignored)
         lines.append(f"- ignored {len(ignored)} runs (unfinished, failed, duplicates, not results files): {names}")
     return lines + [""]
+
+
+def compute_hours(rs) -> float:
+    """Training plus evaluation time of the runs, summed, in hours."""
+    return sum(r["time"]["train_seconds"] + r["time"]["eval_seconds"] for r in rs) / 3600
 
 
 def baseline(rs) -> float:
@@ -144,7 +151,8 @@ def tuning_table(root: Path) -> list:
     lines = ["## Learning rates (tuning stage)", "",
              "Each task x method trained at every rate on all the training data with the first seed; the "
              "validation score x 100 (10% of GLUE train, never the test set) at the best epoch, that epoch in "
-             "brackets; **bold**: the rate chosen for the grid (tuned.json).", ""]
+             f"brackets; **bold**: the rate chosen for the grid (tuned.json). {len(runs)} finished tuning runs, "
+             f"{compute_hours(runs):.1f} hours of training and evaluation summed over them.", ""]
     rows = []
     for (task, method), rs in sorted(group(runs, lambda r: (r["task"], r["method"])).items(), key=task_method_key):
         pick = chosen.get(task, {}).get(method)

@@ -303,6 +303,9 @@ def test_report_tables_match_hand_computation(synthetic):
     # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
     assert "| cola | lora | matthews | 10 | epoch cap | 1 | 3.0 | 30 | 45.00 | 35.00 | 30.0 | 20.0 | 2000 |" in text
     assert "ignored 1 runs (unfinished, failed, duplicates, not results files): stsb-adapter-f0.5-s0 (interrupted)" in text
+    # compute: 8 grid runs, 23 epochs of 10 s of training, plus 1 s of evaluation each = 238 s
+    assert "- compute: 0.1 hours of training and evaluation" in text and "2 finished tuning runs, 0.0 hours" in text
+    assert report.compute_hours([{"time": {"train_seconds": 3000.0, "eval_seconds": 600.0}}] * 2) == 2.0
     assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
     assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")
     for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
