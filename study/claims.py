@@ -12,6 +12,10 @@ each gets its interval:
     the seeds, and takes the 2.5th and 97.5th percentiles.
 A difference is called distinguishable only when both intervals leave out zero; otherwise the
 table says "not distinguishable". Scores are x 100, like every table of the report.
+
+Spread over seeds ("adapters are unstable") is tested on the same pairs: in each cell the log of the
+ratio of the two methods' sample variances over the same seeds, averaged over the cells with its 95%
+t interval over cells, shown as a ratio of standard deviations (spread_ratios).
 """
 import math
 from collections import defaultdict
@@ -126,3 +130,39 @@ def verdict(t_low, t_high, boot) -> str:
 
 def interval(low, high) -> str:
     return "–" if low is None else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def spread_ratios(fixed: list) -> list:
+    """Each method's spread over seeds against full fine-tuning's, per task and over all tasks. In each
+    cell (task x fraction) with >= 2 seeds run by both: l = ln(var_method / var_full), the sample
+    variances of the test scores over those seeds. Equal spreads give l = 0 on average: both variances
+    have the same degrees of freedom, so the bias of the log cancels. The mean of l over the cells,
+    with its 95% t interval over cells, is shown as a ratio of standard deviations exp(l / 2). A cell
+    where either variance is 0 (e.g. every seed predicts the majority class) has no ratio: counted
+    as skipped."""
+    cells = defaultdict(dict)  # (task, frac, method) -> seed -> score
+    for r in fixed:
+        cells[(r["task"], r["frac"], r["method"])][r["seed"]] = 100 * r["best"]["test"][r["best"]["metric"]]
+    logs, skipped = defaultdict(list), defaultdict(int)  # (method, task or "all") -> ...
+    for (task, frac, method), by_seed in cells.items():
+        full = cells.get((task, frac, "full"))
+        seeds = sorted(set(by_seed) & set(full or {}))
+        if method == "full" or len(seeds) < 2:
+            continue
+        var_m = np.var([by_seed[s] for s in seeds], ddof=1)
+        var_f = np.var([full[s] for s in seeds], ddof=1)
+        for scope in (task, "all"):
+            if var_m > 0 and var_f > 0:
+                logs[(method, scope)].append(math.log(var_m / var_f))
+            else:
+                skipped[(method, scope)] += 1
+    out = []
+    for (method, scope) in sorted(set(logs) | set(skipped)):
+        mean, low, high = t_interval(logs[(method, scope)])
+        ratio = lambda x: None if x is None else math.exp(x / 2)  # noqa: E731
+        spread = "more variable" if low is not None and low > 0 else "less variable" if high is not None and high < 0 \
+            else "too few cells" if low is None else "not distinguishable"
+        out.append({"method": method, "task": scope, "cells": len(logs[(method, scope)]),
+                    "skipped": skipped[(method, scope)], "ratio": ratio(mean), "low": ratio(low), "high": ratio(high),
+                    "verdict": spread})
+    return out

@@ -203,6 +203,21 @@ def stability(fixed) -> list:
     return lines + table(["method"] + [f"{t} std" for t in tasks] + ["all cells"], rows)
 
 
+def spread(fixed) -> list:
+    """claims.spread_ratios as a table: each method's spread over seeds against full fine-tuning's."""
+    ratios = claims.spread_ratios(fixed)
+    if not ratios:
+        return []
+    lines = ["Against full fine-tuning, over the same seeds: the ratio of standard deviations (method / full) "
+             "of the test score, the geometric mean over cells (task x fraction) with its 95% t interval over "
+             "cells (claims.py); above 1 is more variable. A cell where either method scored the same with "
+             "every seed has no ratio (skipped).", ""]
+    rows = [[d["method"], d["task"], d["cells"], d["skipped"], "–" if d["ratio"] is None else f"{d['ratio']:.2f}",
+             "–" if d["low"] is None else f"[{d['low']:.2f}, {d['high']:.2f}]", d["verdict"]]
+            for d in sorted(ratios, key=lambda d: (rank(d["method"], METHODS), rank(d["task"], TASKS + ("all",))))]
+    return lines + table(["method", "task", "cells", "skipped", "std ratio to full", "95% t (cells)", "verdict"], rows)
+
+
 def efficiency(fixed) -> list:
     lines = ["## Cost per method", "", "Runs on the largest fraction of each task; step time is the median over "
              "timed steps (warm-up excluded), mean over seeds.", ""]
@@ -242,7 +257,7 @@ def report(root) -> Path:
     plots = []
     if fixed:
         diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the table and the plot
-        lines += main_tables(fixed) + comparison(diffs) + levelling(fixed) + stability(fixed) + efficiency(fixed)
+        lines += main_tables(fixed) + comparison(diffs) + levelling(fixed) + stability(fixed) + spread(fixed) + efficiency(fixed)
         plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
                   ("cost.png", plot_cost, fixed)]
         if diffs:

@@ -69,3 +69,28 @@ def test_cell_differences_pair_seeds_and_give_verdicts():
     assert claims.verdict(-3.0, -1.0, (-2.0, 0.5)) == "not distinguishable"  # the bootstrap spans zero
     assert claims.verdict(-3.0, -1.0, (-2.0, -0.5)) == "worse"
     assert claims.verdict(None, None, None) == "too few seeds"
+
+
+def test_spread_ratios_compare_variances_over_the_same_seeds():
+    def cell(task, frac, method, scores):
+        return [run(task, method, frac, s, x / 100) for s, x in enumerate(scores)]
+    runs = []
+    for frac in (0.3, 0.5, 1.0):
+        runs += cell("mrpc", frac, "full", [80, 82, 84])  # variance 4
+        runs += cell("mrpc", frac, "bitfit", [80, 84, 88])  # variance 16: ln(16 / 4) in every cell
+    runs += cell("mrpc", 0.3, "lora", [80, 84, 88]) + cell("mrpc", 0.5, "lora", [81, 82, 83])  # ln 4, ln 1/4
+    runs += cell("mrpc", 1.0, "lora", [80, 82, 84, 99])  # seed 3 has no full run: variance 4 over seeds 0-2
+    runs += cell("stsb", 1.0, "full", [50, 50, 50]) + cell("stsb", 1.0, "bitfit", [40, 50, 60])  # full: variance 0
+    found = {(r["method"], r["task"]): r for r in claims.spread_ratios(runs)}
+    bitfit = found[("bitfit", "mrpc")]
+    assert bitfit["cells"] == 3 and math.isclose(bitfit["ratio"], 2.0)  # standard deviations 4 against 2
+    assert math.isclose(bitfit["low"], 2.0) and bitfit["verdict"] == "more variable"  # no spread over cells
+    assert found[("bitfit", "stsb")]["cells"] == 0 and found[("bitfit", "stsb")]["skipped"] == 1
+    assert found[("bitfit", "stsb")]["verdict"] == "too few cells"
+    assert found[("bitfit", "all")]["cells"] == 3 and found[("bitfit", "all")]["skipped"] == 1
+    lora = found[("lora", "mrpc")]
+    assert lora["cells"] == 3 and math.isclose(lora["ratio"], 1.0)  # ln 4 - ln 4 + 0 = 0
+    # sd of (ln 4, -ln 4, 0) is ln 4; t(0.975, 2) = 4.303 -> the interval spans 1
+    assert math.isclose(lora["high"], math.exp(4.303 * math.log(4) / math.sqrt(3) / 2))
+    assert lora["verdict"] == "not distinguishable"
+    assert ("full", "mrpc") not in found

@@ -300,6 +300,8 @@ def test_report_tables_match_hand_computation(synthetic):
     assert "| mrpc | 3 | 70.00 → 80.00 → 90.00 | 3.0 | +20.00 |" in text
     # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
     assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
+    # spread against full, one cell (mrpc, 1): variances 4 and 1 -> ratio of standard deviations 2, no interval
+    assert "| bitfit | mrpc | 1 | 0 | 2.00 | – | too few cells |" in text
     # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
     assert "| cola | lora | matthews | 10 | epoch cap | 1 | 3.0 | 30 | 45.00 | 35.00 | 30.0 | 20.0 | 2000 |" in text
     assert "ignored 1 runs (unfinished, failed, duplicates, not results files): stsb-adapter-f0.5-s0 (interrupted)" in text
