@@ -250,10 +250,17 @@ def budget_table(budget) -> list:
 def report(root) -> Path:
     root = Path(root)
     runs, ignored = load(root)
-    if not runs:
+    tuning = tuning_table(root)
+    if not runs and not tuning:
         raise SystemExit(f"{root}: no finished results.json below it ({len(ignored)} unfinished)")
+    if not runs:  # the tuning stage so far: its table alone
+        out = root / "RESULTS.md"
+        out.write_text("\n".join(["# Results", "", "No run of the grid has finished yet: the tuning stage so far.",
+                                  ""] + tuning))
+        print(f"wrote {out}: the tuning stage alone ({len(ignored)} unfinished runs of the grid)")
+        return out
     fixed = [r for r in runs if not is_budget(r)]
-    lines = header(runs, ignored) + tuning_table(root)
+    lines = header(runs, ignored) + tuning
     plots = []
     if fixed:
         diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the table and the plot

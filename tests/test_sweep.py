@@ -336,6 +336,11 @@ def test_report_without_finished_runs_is_an_error(tmp_path):
     write(tmp_path, fake_results("mrpc", "full", 1.0, 0, [0.1], [0.1], status="running"))
     with pytest.raises(SystemExit, match="no finished results.json"):
         report.report(tmp_path)
+    tuned = fake_results("mrpc", "lora", 1.0, 0, [0.7], [0.5])  # a finished tuning run: its table alone
+    tuned["config"]["lr"] = 2e-4
+    write(tmp_path / "tune", tuned, "mrpc-lora-f1-s0-lr0.0002")
+    text = report.report(tmp_path).read_text()
+    assert "No run of the grid has finished yet" in text and "| mrpc | lora | 0.0002: 70.00 (1) | – |" in text
 
 
 # --- end to end: the real train.py on the real data -----------------------------------------------------
