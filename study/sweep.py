@@ -1,6 +1,6 @@
 """Run a grid of fine-tuning configurations: one `python train.py` subprocess and one directory each.
 
-  python -m study.sweep --grid cpu --out results/cpu-minilm --epochs 3
+  python -m study.sweep --grid cpu --out results/cpu-minilm --jobs 2                  (2 runs at once, a core each)
   python -m study.sweep --grid paper --out results/paper --shard 0/4 --device cuda:0   (4 GPUs, 4 shells)
   python -m study.sweep --grid smoke --model minilm --out /tmp/smoke
   python -m study.sweep --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
@@ -19,10 +19,13 @@ train.py unchanged.
 
 A configuration whose results.json says "complete" or "time_budget" is skipped; one that says
 "running" or "interrupted" is started again with --resume (train.py continues from resume.pt).
-Each run's output is shown and also appended to train.log in its directory. Ctrl-C (or SIGTERM)
-asks the running train.py to stop, waits until it has written results.json, and ends the sweep;
-finished runs stay valid. (A sweep started with `&` or nohup ignores Ctrl-C, as every background
-job does: stop it with `kill PID`.) Exit code: 0 all ran or were done, 1 some failed, 130 stopped.
+`--jobs n` runs n configurations at once (study/jobs.py), each with 1/n of the cores; the time-budget
+runs always run one at a time, with every core. Each run's output is appended to train.log in its
+directory, and shown when one run is at work. Ctrl-C (or SIGTERM) asks every running train.py to
+stop, waits until each has written results.json, and ends the sweep; finished runs stay valid. (A
+sweep started with `&` or nohup ignores Ctrl-C, as every background job does: stop it with
+`kill PID`.) An unsharded sweep ends by writing RESULTS.md and the plots (study/report.py).
+Exit code: 0 all ran or were done, 1 some failed, 130 stopped.
 """
 import argparse
 import json
@@ -30,13 +33,12 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from study.jobs import Jobs
 from study.presets import PRESETS, Preset, Run, grid, shard, tuning_grid
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -127,46 +129,6 @@ def differences(results: dict, run: Run, common: dict) -> list:
             if k in cfg and cfg[k] != v and str(cfg[k]) != str(v)]
 
 
-def run_one(run: Run, run_dir: Path, cmd: list, quiet: bool) -> int:
-    """Start train.py, copy its output to the terminal and to train.log, return its exit code.
-    On Ctrl-C or SIGTERM, train.py gets SIGTERM, which it handles like Ctrl-C (it saves results.json
-    as "interrupted"), and we wait for it. SIGTERM, not SIGINT: a sweep started in the background
-    (`&`, nohup) passes on an ignored SIGINT to its children."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "ab") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n".encode())
-        log.flush()
-        # A session of its own: a terminal's Ctrl-C reaches the sweep only, which passes it on once.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        interrupted, chunk = False, b"?"
-        while chunk:  # until end of file: train.py has exited
-            try:
-                chunk = proc.stdout.read1(65536)
-                log.write(chunk)
-                log.flush()
-                if not quiet:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-            except KeyboardInterrupt:
-                if not interrupted:  # first signal: ask train.py to stop; kill it if it hangs
-                    interrupted = True
-                    proc.send_signal(signal.SIGTERM)
-                    threading.Thread(target=_kill_after, args=(proc,), daemon=True).start()
-        code = proc.wait()
-    if interrupted:
-        raise KeyboardInterrupt
-    return code
-
-
-def _kill_after(proc, grace_seconds=60):
-    """SIGKILL if train.py has not finished writing results.json within the grace period."""
-    try:
-        proc.wait(grace_seconds)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -186,6 +148,11 @@ def parse_args(argv=None):
     p.add_argument("--budget-minutes", type=float, help="time-budget runs' training minutes; 0 = none")
     p.add_argument("--budget-epochs", type=int, help="time-budget runs' epoch cap")
     p.add_argument("--shard", default="0/1", help="i/n: run only the i-th of n disjoint slices (0-based)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once on this machine, each with 1/jobs of the cores (OMP_NUM_THREADS); "
+                        "time-budget runs still run one at a time. Output goes to train.log only")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write RESULTS.md and the plots at the end (written only when unsharded)")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and which are done")
     p.add_argument("--quiet", action="store_true", help="do not echo train.py's output (train.log has it)")
     # passed to train.py when given (or when the preset sets them)
@@ -215,6 +182,8 @@ def parse_args(argv=None):
     except ValueError:
         p.error(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {args.shard!r}")
     args.shard_i, args.shard_n = i, n
+    if args.jobs < 1:
+        p.error(f"--jobs must be an integer >= 1, got {args.jobs}")
     args.preset = preset
     # Task and method names are checked by train.py's own lists; imported here, not at the top,
     # so that the grid arithmetic above needs no torch.
@@ -248,14 +217,16 @@ def value_problems(args, preset: Preset) -> list:
 
 def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None) -> int:
     """Run this shard's part of one stage's configurations, skipping finished ones and resuming
-    interrupted ones; -> exit code (0 all ran or were done, 1 some failed). KeyboardInterrupt passes."""
+    interrupted ones, --jobs at a time (time-budget runs one at a time: what they measure is how far
+    the budget goes on the machine); -> exit code (0 all ran or were done, 1 some failed).
+    KeyboardInterrupt passes, once every running train.py has saved its state."""
     p, out = args.preset, Path(args.out)
     common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
     runs = shard(all_runs, args.shard_i, args.shard_n)
     where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
     print(f"sweep --grid {args.grid}, {stage} stage -> {out} ({where} configurations)", flush=True)
     counts = {"ran": 0, "copied": 0, "skipped": 0, "failed": 0, "to resume": 0, "to run": 0}
-    failed, stale = [], []
+    failed, stale, todo = [], [], []
     start = time.perf_counter()
     for k, run in enumerate(runs, 1):
         run_dir = run.directory(out)
@@ -276,24 +247,39 @@ def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None
         resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
         if args.dry_run:
             epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
-            todo = "to resume" if resume else "to run"
-            counts[todo] += 1
-            print(f"{tag}: {todo} ({status}{epochs})", flush=True)
+            todo_kind = "to resume" if resume else "to run"
+            counts[todo_kind] += 1
+            print(f"{tag}: {todo_kind} ({status}{epochs})", flush=True)
             continue
         cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
                *args.extra, *(["--resume"] if resume else [])]
-        print(f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}", flush=True)
-        t0 = time.perf_counter()
-        code = run_one(run, run_dir, cmd, args.quiet)
-        results = read_results(run_dir)
+        todo.append((run, (tag, run_dir, cmd, f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}")))
+
+    dirs = {tag: run_dir for _, (tag, run_dir, _, _) in todo}
+
+    def finished(tag, code, seconds):  # called from a worker thread as each run ends
+        results = read_results(dirs[tag])
         status = results["status"] if results else "no results.json"
         if code == 0 and status in DONE:
+            print(f"{tag}: {status} in {seconds:.0f}s", flush=True)
+        else:
+            print(f"{tag}: FAILED (exit code {code}, status {status}); see {dirs[tag] / 'train.log'}", flush=True)
+
+    jobs, codes = Jobs(args.quiet), {}
+    for budget in (False, True):
+        batch = [item for run, item in todo if bool(run.budget_minutes) == budget]
+        n = 1 if budget else args.jobs
+        # n runs share the cores: one n-th each, unless OMP_NUM_THREADS says otherwise
+        threads = None if n == 1 or "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // n)
+        if batch:
+            codes.update(jobs.run_all(batch, n, finished, threads))
+    for run, (tag, run_dir, _, _) in todo:
+        results = read_results(run_dir)
+        if codes.get(tag) == 0 and results and results.get("status") in DONE:
             counts["ran"] += 1
-            print(f"{tag}: {status} in {time.perf_counter() - t0:.0f}s", flush=True)
         else:
             counts["failed"] += 1
             failed.append(run.name)
-            print(f"{tag}: FAILED (exit code {code}, status {status}); see {run_dir / 'train.log'}", flush=True)
     if stale:
         print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
               f"delete their directories to run them again", flush=True)
@@ -313,6 +299,17 @@ def write_tuned(out: Path, tuned: dict):
     tmp = out / (TUNED + ".tmp")
     tmp.write_text(json.dumps(tuned, indent=1) + "\n")
     os.replace(tmp, out / TUNED)
+
+
+def write_report(out: Path):
+    """RESULTS.md and the plots (study/report.py) at the end of an unsharded sweep (shards would write
+    them at once: run the report when every shard is done). One that cannot be made is a note, not a
+    failed sweep."""
+    from study import report  # matplotlib, only when a report is made
+    try:
+        report.report(out)
+    except SystemExit as e:
+        print(f"no report: {e}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -344,7 +341,10 @@ def main(argv=None) -> int:
             if problem and not args.dry_run:
                 print(f"error: {problem}", file=sys.stderr, flush=True)
                 return 2
-        return max(code, run_stage("main", grid(p, rates), args, common, rates))
+        code = max(code, run_stage("main", grid(p, rates), args, common, rates))
+        if not (args.dry_run or args.no_report or args.shard_n > 1):
+            write_report(out)
+        return code
     except KeyboardInterrupt:
         print("sweep interrupted: finished runs are kept; the interrupted run resumes on the next invocation",
               flush=True)

@@ -173,6 +173,50 @@ def test_ctrl_c_stops_the_run_and_it_resumes(tmp_path, fake_train, capsys):
     assert calls(tmp_path / "woke")[-1].endswith("--resume")
 
 
+PAIRED_TRAIN = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    a = sys.argv[1:]
+    out = Path(a[a.index("--out") + 1])
+    here, budget = out.parent, "--time-budget" in a
+    marker = here / f"running-{out.name}"
+    marker.touch()
+    others = lambda: len(list(here.glob("running-*"))) - 1
+    deadline = time.time() + float(os.environ.get("COMPANION_WAIT", "30"))
+    while not budget and others() < 1 and time.time() < deadline:
+        time.sleep(0.05)  # a fixed-epoch run waits for a companion: only a concurrent sweep gives it one
+    ok = others() >= 1 if not budget else others() == 0
+    time.sleep(0.3)
+    ok = ok and (others() == 0 or not budget)  # a budget run is still alone
+    with open(here / "threads.txt", "a") as f:
+        f.write(f"{out.name} {os.environ.get('OMP_NUM_THREADS')} {ok}\\n")
+    time.sleep(0.2)  # the companion sees this one still running
+    marker.unlink()
+    (out / "results.json").write_text(json.dumps({"status": "time_budget" if budget else "complete",
+                                                  "config": {"epochs": 1}}))
+    sys.exit(0 if ok else 4)
+""")
+
+
+def test_jobs_run_at_once_and_budget_runs_alone(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "paired_train.py"
+    script.write_text(PAIRED_TRAIN)
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    out = tmp_path / "r"
+    flags = ["--grid", "smoke", "--out", str(out), "--methods", "bitfit,lora", "--fracs", "0.1", "--no-report"]
+    assert sweep.main(flags + ["--jobs", "2"]) == 0, capsys.readouterr().out
+    assert "4 ran, 0 copied, 0 skipped, 0 failed" in capsys.readouterr().out
+    lines = sorted((out / "threads.txt").read_text().splitlines())
+    # both fixed-epoch runs saw each other running, with 8 / 2 cores each; each budget run ran alone, with all
+    assert lines == ["mrpc-bitfit-budget0.01-s0 None True", "mrpc-bitfit-f0.1-s0 4 True",
+                     "mrpc-lora-budget0.01-s0 None True", "mrpc-lora-f0.1-s0 4 True"]
+    monkeypatch.setenv("COMPANION_WAIT", "1")
+    assert sweep.main(flags[:3] + [str(tmp_path / "one")] + flags[4:] + ["--budget-minutes", "0"]) == 1
+    assert "mrpc-bitfit-f0.1-s0: FAILED (exit code 4" in capsys.readouterr().out  # one at a time: no companion
+
+
 TUNE_TRAIN = textwrap.dedent("""
     import json, sys
     from pathlib import Path
@@ -352,6 +396,7 @@ def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "6 ran, 0 copied, 0 skipped, 0 failed" in first.stdout
+    assert f"wrote {out / 'RESULTS.md'}" in first.stdout  # an unsharded sweep ends with its report
     results = sorted(out.glob("*/results.json"))
     assert len(results) == 6
     mtimes = [p.stat().st_mtime_ns for p in results]
