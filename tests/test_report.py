@@ -1,0 +1,129 @@
+"""report.py's tables (and runs.py's summaries) checked against numbers worked out by hand on
+synthetic results files."""
+import json
+from pathlib import Path
+
+import pytest
+
+from study import report, runs
+
+
+def fake_results(task, method, frac, seed, val, test, status="complete", budget=0.0, trainable=1000):
+    """A schema-complete results.json; val and test are the headline metric per epoch (0..1)."""
+    metric = {"mrpc": "f1", "cola": "matthews", "stsb": "pearson"}[task]
+    scores = lambda x: {"loss": 0.5, metric: x, "accuracy": x}  # noqa: E731
+    best = max(range(len(val)), key=lambda i: val[i])
+    epochs = [{"epoch": i + 1, "steps": 10, "train_seconds": 10.0, "examples_per_second": 32.0,
+               "tokens_per_second": 1000.0 * (i + 1),
+               "step_seconds": {"median": 0.1 * (i + 1), "mean": 0.1, "p90": 0.2},
+               "padding_fraction": 0.1, "val": scores(v), "test": scores(t), "completed": True}
+              for i, (v, t) in enumerate(zip(val, test))]
+    return {"task": task, "method": method, "frac": frac, "seed": seed, "model": "minilm", "pooling": "mean",
+            "status": status, "params": {"total": 100_000, "trainable": trainable}, "freeze_audit": "passed",
+            "data": {"train_examples": 100, "val_examples": 10, "test_examples": 10, "padding_fraction": 0.1},
+            "epochs": epochs,
+            "evals": [{"epoch": i + 1, "step": 10 * (i + 1), "train_seconds": 10.0 * (i + 1), "val": e["val"],
+                       "test": e["test"]} for i, e in enumerate(epochs)],
+            "best": {"epoch": best + 1, "metric": metric, "val": epochs[best]["val"], "test": epochs[best]["test"]},
+            "time": {"train_seconds": 10.0 * len(val), "eval_seconds": 1.0, "peak_memory_bytes": 512 * 2 ** 20},
+            "nonfinite_steps": 0,
+            "environment": {"torch": "2.13.0", "python": "3.11", "device": "cpu", "device_name": "Test CPU (2 cores)",
+                            "dtype": "float32", "threads": 2, "world_size": 1},
+            "config": {"task": task, "method": method, "frac": frac, "epochs": 20 if budget else len(val),
+                       "time_budget": budget, "seed": seed, "model": "minilm", "lr": {"full": 2e-5}.get(method, 1e-3),
+                       "batch_size": 32, "max_length": 128, "warmup": 0.06, "weight_decay": 0.01, "amp": "off",
+                       "adapter_size": 64, "adapter_placement": "houlsby", "lora_r": 8, "lora_alpha": 16.0,
+                       "lora_targets": "query,value"}}
+
+
+def write(root: Path, r, name=None):
+    name = name or f"{r['task']}-{r['method']}-" + (f"budget{r['config']['time_budget']:g}" if r["config"]["time_budget"]
+                                                     else f"f{r['frac']:g}") + f"-s{r['seed']}"
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(r))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    # mrpc bitfit, frac 1: the best validation epoch is 2; test there 0.80, 0.84, 0.82 -> 82.00 ± 2.00;
+    # last-epoch test 0.70, 0.72, 0.74 -> 72.00 ± 2.00; t95: 95% of 0.9 = 0.855, first reached at 20 s
+    for seed, (t, last) in enumerate([(0.80, 0.70), (0.84, 0.72), (0.82, 0.74)]):
+        write(tmp_path, fake_results("mrpc", "bitfit", 1.0, seed, [0.5, 0.9, 0.8], [0.6, t, last], trainable=1000))
+    # mrpc full, frac 1: test @best 0.85, 0.87, 0.86 -> 86.00 ± 1.00; bitfit - full = -4.00
+    for seed, t in enumerate([0.85, 0.87, 0.86]):
+        write(tmp_path, fake_results("mrpc", "full", 1.0, seed, [0.7, 0.8, 0.9], [0.5, 0.6, t], trainable=100_000))
+    # mrpc bitfit, frac 0.3, one seed: no std
+    low = fake_results("mrpc", "bitfit", 0.3, 0, [0.6, 0.7], [0.61, 0.65])
+    low["baseline"] = {"name": "majority", "prediction": 1, "val": {"f1": 0.66}, "test": {"f1": 0.66}}
+    write(tmp_path, low)
+    for lr, val in ((2e-4, 0.7), (2e-3, 0.9)):  # the tuning stage's runs, under tune/
+        tuned = fake_results("mrpc", "lora", 1.0, 0, [val], [0.5])
+        tuned["config"]["lr"] = lr
+        write(tmp_path / "tune", tuned, f"mrpc-lora-f1-s0-lr{lr:g}")
+    (tmp_path / "tuned.json").write_text(json.dumps({"chosen": {"mrpc": {"lora": 2e-3}}}))
+    # cola lora with a budget; and one interrupted run that must be ignored
+    write(tmp_path, fake_results("cola", "lora", 1.0, 0, [0.2, 0.4, 0.3], [0.25, 0.45, 0.35], budget=10.0))
+    write(tmp_path, fake_results("stsb", "adapter", 0.5, 0, [0.1], [0.1], status="interrupted"))
+    (tmp_path / "ANALYSIS.md").write_text("BitFit trails full fine-tuning by 4 points on MRPC.\n")
+    return tmp_path
+
+
+def test_report_tables_match_hand_computation(synthetic):
+    text = report.report(synthetic).read_text()
+    # method, frac, seeds, @best, @last, best epoch, trainable, %, train time, t95, peak memory
+    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | – | 2.0 | 1,000 | 1.000 | 30.0 | 20.0 | 512 |" in text
+    assert "| full | 1 | 3 | 86.00 ± 1.00 |" in text
+    assert "| bitfit | 0.3 | 1 | 65.00 † | 65.00 | 66.00 | 2.0 |" in text  # the baseline scores 66: not beaten
+    # cost at the largest fraction: step-time medians 100, 200, 300 ms over the epochs -> 200
+    assert "| mrpc | bitfit | 1 | 3 | 1.000 | 200 | 2000 | 512 |" in text
+    # method-vs-full: bitfit's paired differences -5, -3, -4: mean -4, sd 1, t(0.975, 2) = 4.303 -> ±2.48;
+    # no saved predictions, so no bootstrap, and the seed interval alone leaves out zero
+    assert "| mrpc | 1 | bitfit | 3 | -4.00 | [-6.48, -1.52] | – | worse |" in text
+    # the tuning stage's runs make their own table and stay out of the grid: 2e-3 scores best on validation
+    assert "| mrpc | lora | 0.0002: 70.00 (1); **0.002: 90.00 (1)** | 0.002 |" in text
+    assert "| lora | 1 |" not in text
+    # levelling: full's validation 70, 80, 90 in every seed: its best (90) is reached at epoch 3, +20 over two epochs
+    assert "| mrpc | 3 | 70.00 → 80.00 → 90.00 | 3.0 | +20.00 |" in text
+    # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
+    assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
+    # spread against full, one cell (mrpc, 1): variances 4 and 1 -> ratio of standard deviations 2, no interval
+    assert "| bitfit | mrpc | 1 | 0 | 2.00 | – | too few cells |" in text
+    # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
+    assert "| cola | lora | matthews | 10 | epoch cap | 1 | 3.0 | 30 | 45.00 | 35.00 | 30.0 | 20.0 | 2000 |" in text
+    assert "ignored 1 runs (unfinished, failed, duplicates, not results files): stsb-adapter-f0.5-s0 (interrupted)" in text
+    # compute: 8 grid runs, 23 epochs of 10 s of training, plus 1 s of evaluation each = 238 s
+    assert "- compute: 0.1 hours of training and evaluation" in text and "2 finished tuning runs, 0.0 hours" in text
+    assert report.compute_hours([{"time": {"train_seconds": 3000.0, "eval_seconds": 600.0}}] * 2) == 2.0
+    assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
+    assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")
+    for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
+        assert (synthetic / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{png}]({png})" in text
+
+
+def test_levelling_finds_the_epoch_within_one_point_of_the_best():
+    # seed 0 reaches 85.5, within 1 point of its best 86, at epoch 2; seed 1 reaches its best 90 at epoch 4
+    rs = [fake_results("stsb", "full", 1.0, 0, [0.80, 0.855, 0.86, 0.86], [0.5] * 4),
+          fake_results("stsb", "full", 1.0, 1, [0.70, 0.80, 0.85, 0.90], [0.5] * 4),
+          fake_results("stsb", "bitfit", 1.0, 0, [0.1] * 4, [0.1] * 4), fake_results("stsb", "full", 0.5, 0, [0.1], [0.1])]
+    # mean curve 75, 82.75, 85.5, 88: +5.25 over the last two epochs; levelled by (2 + 4) / 2 = 3.0
+    assert "| stsb | 2 | 75.00 → 82.75 → 85.50 → 88.00 | 3.0 | +5.25 |" in report.levelling(rs)
+    assert report.levelling(rs[2:3]) == []  # no full fine-tuning on all the data: no table
+
+
+def test_time_to_95_percent():
+    r = fake_results("stsb", "full", 1.0, 0, [0.2, 0.5, 0.96, 1.0], [0.1, 0.2, 0.3, 0.4])
+    assert runs.summarize(r)["t95"] == 30.0  # 0.96 >= 0.95 * 1.0 at the third evaluation
+    r = fake_results("cola", "full", 1.0, 0, [-0.1, 0.0], [0.0, 0.0])
+    assert runs.summarize(r)["t95"] is None  # a best of 0 or below has no meaningful 95%
+
+
+def test_report_without_finished_runs_is_an_error(tmp_path):
+    write(tmp_path, fake_results("mrpc", "full", 1.0, 0, [0.1], [0.1], status="running"))
+    with pytest.raises(SystemExit, match="no finished results.json"):
+        report.report(tmp_path)
+    tuned = fake_results("mrpc", "lora", 1.0, 0, [0.7], [0.5])  # a finished tuning run: its table alone
+    tuned["config"]["lr"] = 2e-4
+    write(tmp_path / "tune", tuned, "mrpc-lora-f1-s0-lr0.0002")
+    text = report.report(tmp_path).read_text()
+    assert "No run of the grid has finished yet" in text and "| mrpc | lora | 0.0002: 70.00 (1) | – |" in text
