@@ -60,20 +60,21 @@ class Jobs:
     def run_one(self, run_dir, cmd: list, quiet: bool, message: str = "", threads: int = None):
         """Print `message`, start train.py, copy its output to train.log (and the terminal), return its
         exit code; None when the sweep is stopping and it did not start."""
-        run_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        with open(run_dir / "train.log", "ab") as log:
-            with self.lock:
-                if self.stopping:
-                    return None
-                if message:
-                    print(message, flush=True)
-                log.write(f"\n$ {' '.join(cmd)}\n".encode())
-                log.flush()
-                # A session of its own: a terminal's Ctrl-C reaches the sweep only, which passes it on once.
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env=env)
-                self.running.add(proc)
+        with self.lock:  # stop() sees either no process or this one
+            if self.stopping:
+                return None
+            if message:
+                print(message, flush=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir / "train.log", "ab")
+            log.write(f"\n$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            # A session of its own: a terminal's Ctrl-C reaches the sweep only, which passes it on once.
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=env)
+            self.running.add(proc)
+        with log:
             chunk = b"?"
             while chunk:  # until end of file: train.py has exited
                 chunk = proc.stdout.read1(65536)

@@ -172,6 +172,20 @@ def test_ctrl_c_stops_the_run_and_it_resumes(tmp_path, fake_train, capsys):
     assert calls(tmp_path / "woke")[-1].endswith("--resume")
 
 
+def test_sigterm_stops_every_running_job_and_starts_no_other(tmp_path, fake_train, capsys):
+    out = tmp_path / "sleep"
+    flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora,ia3",
+             "--fracs", "0.1", "--budget-minutes", "0", "--jobs", "2"]
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))  # as `kill PID` does
+    timer.start()
+    assert sweep.main(flags) == 130
+    timer.join()
+    assert "sweep interrupted" in capsys.readouterr().out
+    for method in ("bitfit", "lora"):  # both were running; each saved its state
+        assert json.loads((out / f"mrpc-{method}-f0.1-s0" / "results.json").read_text())["status"] == "interrupted"
+    assert not (out / "mrpc-ia3-f0.1-s0").exists()  # the third never started
+
+
 PAIRED_TRAIN = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
