@@ -14,8 +14,8 @@ A difference is called distinguishable only when both intervals leave out zero; 
 table says "not distinguishable". Scores are x 100, like every table of the report.
 
 Spread over seeds ("adapters are unstable") is tested on the same pairs: in each cell the log of the
-ratio of the two methods' sample variances over the same seeds, averaged over the cells with its 95%
-t interval over cells, shown as a ratio of standard deviations (spread_ratios).
+ratio of the two methods' sample variances over the same seeds, averaged within each task, with the
+95% t interval over tasks, shown as a ratio of standard deviations (spread_ratios).
 """
 import math
 from collections import defaultdict
@@ -133,36 +133,62 @@ def interval(low, high) -> str:
 
 
 def spread_ratios(fixed: list) -> list:
-    """Each method's spread over seeds against full fine-tuning's, per task and over all tasks. In each
-    cell (task x fraction) with >= 2 seeds run by both: l = ln(var_method / var_full), the sample
-    variances of the test scores over those seeds. Equal spreads give l = 0 on average: both variances
-    have the same degrees of freedom, so the bias of the log cancels. The mean of l over the cells,
-    with its 95% t interval over cells, is shown as a ratio of standard deviations exp(l / 2). A cell
-    where either variance is 0 (e.g. every seed predicts the majority class) has no ratio: counted
-    as skipped."""
+    """Each method's spread over seeds against full fine-tuning's: one dict per method and task, and
+    one per method over all tasks ("all"), the only one with an interval and a verdict.
+
+    In each cell (task x fraction) with >= 2 seeds run by both: l = ln(var_method / var_full), the
+    sample variances of the test scores over those seeds. Both variances have the same degrees of
+    freedom, so for scores of one shape (roughly normal) the bias of the log cancels and equal spreads
+    give l = 0 on average; a method that sometimes collapses to the majority class breaks that shape.
+    A task's cells are not independent samples: they share the seeds, and one seed's subsets are
+    nested (30% inside 50% ...), so one bad seed moves every cell of a task. A task's l is the mean
+    over its cells (shown as a ratio of standard deviations exp(l / 2), with the range over cells);
+    the verdict takes the tasks as the units: the 95% t interval of the mean of the tasks' l. A cell
+    where a method scored the same with every seed has no ratio; it is counted by which side was
+    constant (full alone constant is a sign the method spreads more)."""
     cells = defaultdict(dict)  # (task, frac, method) -> seed -> score
     for r in fixed:
         cells[(r["task"], r["frac"], r["method"])][r["seed"]] = 100 * r["best"]["test"][r["best"]["metric"]]
-    logs, skipped = defaultdict(list), defaultdict(int)  # (method, task or "all") -> ...
+    logs = defaultdict(list)  # (method, task) -> l of each cell
+    skipped = defaultdict(lambda: {"full": 0, "method": 0, "both": 0})  # (method, task) -> constant side
     for (task, frac, method), by_seed in cells.items():
         full = cells.get((task, frac, "full"))
         seeds = sorted(set(by_seed) & set(full or {}))
         if method == "full" or len(seeds) < 2:
             continue
-        var_m = np.var([by_seed[s] for s in seeds], ddof=1)
-        var_f = np.var([full[s] for s in seeds], ddof=1)
-        for scope in (task, "all"):
-            if var_m > 0 and var_f > 0:
-                logs[(method, scope)].append(math.log(var_m / var_f))
-            else:
-                skipped[(method, scope)] += 1
+        var_m = float(np.var([by_seed[s] for s in seeds], ddof=1))
+        var_f = float(np.var([full[s] for s in seeds], ddof=1))
+        if var_m > 0 and var_f > 0:
+            logs[(method, task)].append(math.log(var_m / var_f))
+        else:
+            skipped[(method, task)]["both" if var_m == var_f == 0 else "full" if var_f == 0 else "method"] += 1
     out = []
-    for (method, scope) in sorted(set(logs) | set(skipped)):
-        mean, low, high = t_interval(logs[(method, scope)])
-        ratio = lambda x: None if x is None else math.exp(x / 2)  # noqa: E731
-        spread = "more variable" if low is not None and low > 0 else "less variable" if high is not None and high < 0 \
-            else "too few cells" if low is None else "not distinguishable"
-        out.append({"method": method, "task": scope, "cells": len(logs[(method, scope)]),
-                    "skipped": skipped[(method, scope)], "ratio": ratio(mean), "low": ratio(low), "high": ratio(high),
-                    "verdict": spread})
+    for method in sorted({m for m, _ in set(logs) | set(skipped)}):
+        tasks = sorted(t for m, t in set(logs) | set(skipped) if m == method)
+        task_means = []
+        for task in tasks:
+            ls = logs[(method, task)]
+            mean = float(np.mean(ls)) if ls else None
+            task_means += [mean] if ls else []
+            out.append({"method": method, "task": task, "cells": len(ls), "skipped": skipped[(method, task)],
+                        "ratio": std_ratio(mean), "range": (std_ratio(min(ls)), std_ratio(max(ls))) if ls else None,
+                        "low": None, "high": None, "verdict": None})
+        mean, low, high = t_interval(task_means)
+        total = {side: sum(skipped[(method, t)][side] for t in tasks) for side in ("full", "method", "both")}
+        out.append({"method": method, "task": "all", "cells": sum(len(logs[(method, t)]) for t in tasks),
+                    "tasks": len(task_means), "skipped": total, "ratio": std_ratio(mean), "range": None,
+                    "low": std_ratio(low), "high": std_ratio(high), "verdict": spread_verdict(low, high)})
     return out
+
+
+def std_ratio(log_variance_ratio):
+    """exp(l / 2): a mean log variance ratio as a ratio of standard deviations (None stays None)."""
+    return None if log_variance_ratio is None else math.exp(log_variance_ratio / 2)
+
+
+def spread_verdict(low, high) -> str:
+    """On the log variance ratio's interval: 'more variable' or 'less variable' than full
+    fine-tuning only when it leaves out 0 (a ratio of 1)."""
+    if low is None:
+        return "too few tasks"
+    return "more variable" if low > 0 else "less variable" if high < 0 else "not distinguishable"

@@ -5,10 +5,14 @@ stopping them all cleanly on Ctrl-C or SIGTERM. What to run is study/sweep.py's 
   codes = jobs.run_all(items, n, finished, threads)  # items: (label, run_dir, cmd, message printed at its
   # start), n at a time, each with OMP_NUM_THREADS=threads; finished(label, exit code, seconds) after each
 
-Signals reach the main thread only: it waits for the runs and, on the first Ctrl-C or SIGTERM, sends
-each running train.py SIGTERM (train.py saves results.json as "interrupted" and exits), starts no
-new run, waits for all of them, then raises KeyboardInterrupt. SIGTERM, not SIGINT: a sweep started
-in the background (`&`, nohup) passes on an ignored SIGINT to its children.
+Stopping. While run_all waits, SIGINT, SIGTERM and SIGHUP only set a flag: an exception raised by a
+signal handler lands wherever the main thread is, inside a lock or a thread start as well, and a
+second signal close behind the first could then leave a train.py unstopped. The main thread sees the
+flag within a fraction of a second, sends every running train.py SIGTERM (train.py saves results.json
+as "interrupted" and exits), starts no new run, waits for all of them, then raises KeyboardInterrupt.
+An error in a worker (a full disk, a failed start) stops the others the same way, then is raised.
+SIGTERM to the children, not SIGINT: a sweep started in the background (`&`, nohup) passes on an
+ignored SIGINT to them.
 """
 import concurrent.futures
 import os
@@ -19,6 +23,17 @@ import threading
 import time
 
 KILL_AFTER_SECONDS = 60  # a train.py that has not written results.json by then is killed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def threads_per_job(n: int):
+    """OMP_NUM_THREADS for each of n runs at once: an equal share of the cores this process may use
+    (its affinity mask, which a container's CPU limit sets, not the host's count); None, torch's
+    default of every core, for one run or when OMP_NUM_THREADS is already set."""
+    if n == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // n)
 
 
 class Jobs:
@@ -26,7 +41,8 @@ class Jobs:
         self.quiet = quiet  # True: output to train.log only, not to the terminal
         self.lock = threading.Lock()  # guards `running` and `stopping` against the worker threads
         self.running = set()  # the train.py processes alive now
-        self.stopping = False  # set on the first signal: no new run starts
+        self.stopping = False  # set once stopping has begun: no new run starts
+        self.signalled = threading.Event()  # set by a stop signal while run_all waits
 
     def run_all(self, items: list, n: int, finished, threads: int = None) -> dict:
         """Run every (label, run_dir, cmd, message), n at a time, calling finished(label, exit code,
@@ -37,24 +53,37 @@ class Jobs:
         codes = {}
 
         def work(label, run_dir, cmd, message):
-            t0 = time.perf_counter()
-            code = self.run_one(run_dir, cmd, quiet, message, threads)
-            if code is not None:
-                finished(label, code, time.perf_counter() - t0)
-            return code
+            try:
+                t0 = time.perf_counter()
+                code = self.run_one(run_dir, cmd, quiet, message, threads)
+                if code is not None:
+                    finished(label, code, time.perf_counter() - t0)
+                return code
+            except BaseException:
+                with self.lock:  # before this worker takes the next run
+                    self.stopping = True
+                raise
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        previous = {s: signal.signal(s, lambda *_: self.signalled.set()) for s in STOP_SIGNALS}
+        pool, error = concurrent.futures.ThreadPoolExecutor(max_workers=n), None
+        try:
             futures = {pool.submit(work, *item): item[0] for item in items}
             pending = set(futures)
-            try:
-                while pending:  # a wait with a timeout: the main thread stays responsive to signals
-                    done, pending = concurrent.futures.wait(pending, timeout=1.0,
-                                                            return_when=concurrent.futures.FIRST_COMPLETED)
-                    codes.update({futures[f]: f.result() for f in done if f.result() is not None})
-            except KeyboardInterrupt:
-                self.stop()
-                self.wait_for(pending)
-                raise
+            while pending and not self.signalled.is_set():
+                done, pending = concurrent.futures.wait(pending, timeout=0.2,
+                                                        return_when=concurrent.futures.FIRST_COMPLETED)
+                codes.update({futures[f]: f.result() for f in done if f.result() is not None})
+        except Exception as e:  # a worker's error, raised by f.result()
+            error = e
+        if error is not None or self.signalled.is_set():
+            self.stop_all(pool)  # with the handlers still ours: a second signal cannot interrupt it
+        pool.shutdown()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if error is not None:
+            raise error
+        if self.signalled.is_set():
+            raise KeyboardInterrupt
         return codes
 
     def run_one(self, run_dir, cmd: list, quiet: bool, message: str = "", threads: int = None):
@@ -74,36 +103,32 @@ class Jobs:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                     env=env)
             self.running.add(proc)
-        with log:
-            chunk = b"?"
-            while chunk:  # until end of file: train.py has exited
-                chunk = proc.stdout.read1(65536)
-                log.write(chunk)
-                log.flush()
-                if not quiet:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-            code = proc.wait()
-        with self.lock:
-            self.running.discard(proc)
-        return code
+        try:
+            with log:
+                chunk = b"?"
+                while chunk:  # until end of file: train.py has exited
+                    chunk = proc.stdout.read1(65536)
+                    log.write(chunk)
+                    log.flush()
+                    if not quiet:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
+            return proc.wait()
+        finally:  # on an error too (a full disk): nobody would read its output, so it is stopped
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                kill_after(proc)
+            with self.lock:
+                self.running.discard(proc)
 
-    def stop(self):
-        """The first signal: SIGTERM to every running train.py (a kill if it hangs), no new run."""
+    def stop_all(self, pool):
+        """SIGTERM to every running train.py (a kill if it hangs), no new run, and wait for them all."""
         with self.lock:
             self.stopping = True
             for proc in self.running:
                 proc.send_signal(signal.SIGTERM)
                 threading.Thread(target=kill_after, args=(proc,), daemon=True).start()
-
-    @staticmethod
-    def wait_for(futures):
-        """Until every run has exited; further signals are ignored (the first one is being handled)."""
-        while futures:
-            try:
-                _, futures = concurrent.futures.wait(futures, timeout=1.0)
-            except KeyboardInterrupt:
-                continue
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def kill_after(proc, grace_seconds=KILL_AFTER_SECONDS):

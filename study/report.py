@@ -76,7 +76,8 @@ def header(runs, ignored) -> list:
         lines.append(f"- time-budget runs: {listing(c['time_budget'] for c in budget)} minutes of training "
                      f"(evaluation excluded), epoch cap {listing(c['epochs'] for c in budget)}")
     lines.append(f"- compute: {compute_hours(runs):.1f} hours of training and evaluation, summed over the runs "
-                 "(runs that shared the machine overlap in wall time; model loading is not counted)")
+                 "(runs that shared the machine overlap in wall time; model loading is not counted; runs copied "
+                 "from the tuning stage are counted there)")
     audits = [r.get("freeze_audit") for r in runs]
     lines.append(f"- frozen-weights audit: {audits.count('passed')} of {len(runs)} runs passed")
     if ignored:
@@ -86,8 +87,9 @@ def header(runs, ignored) -> list:
 
 
 def compute_hours(rs) -> float:
-    """Training plus evaluation time of the runs, summed, in hours."""
-    return sum(r["time"]["train_seconds"] + r["time"]["eval_seconds"] for r in rs) / 3600
+    """Training plus evaluation time of the runs, summed, in hours; a grid run copied from the tuning
+    stage (study/sweep.py) is counted with the tuning runs, not twice."""
+    return sum(r["time"]["train_seconds"] + r["time"]["eval_seconds"] for r in rs if "copied_from" not in r) / 3600
 
 
 def baseline(rs) -> float:
@@ -145,7 +147,7 @@ def tuning_table(root: Path) -> list:
     """The tuning stage: every rate tried, its best validation score, and the rate tuned.json chose."""
     runs, _ = load(root, tuning=True)
     path = root / "tuned.json"
-    if not runs and not path.is_file():
+    if not runs:
         return []
     chosen = json.loads(path.read_text())["chosen"] if path.is_file() else {}
     lines = ["## Learning rates (tuning stage)", "",
@@ -181,10 +183,10 @@ def levelling(fixed) -> list:
     rows = []
     for task, rs in sorted(group(full, lambda r: r["task"]).items(), key=lambda kv: rank(kv[0], TASKS)):
         m = rs[0]["best"]["metric"]
-        curves = [[100 * e["val"][m] for e in r["epochs"]] for r in rs]
+        curves = [[(e["epoch"], 100 * e["val"][m]) for e in r["epochs"]] for r in rs]
         n = min(len(c) for c in curves)
-        mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
-        levelled = [next(i + 1 for i, v in enumerate(c) if v >= max(c) - LEVEL_POINTS) for c in curves]
+        mean = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
+        levelled = [next(epoch for epoch, v in c if v >= max(v for _, v in c) - LEVEL_POINTS) for c in curves]
         rows.append([task, len(rs), " → ".join(f"{v:.2f}" for v in mean), fmt(levelled, 1, spread=False),
                      f"{mean[-1] - mean[-3]:+.2f}" if n >= 3 else "–"])
     return lines + table(["task", "seeds", "validation by epoch", "levelled by (epoch)", "last two epochs"], rows)
@@ -209,13 +211,23 @@ def spread(fixed) -> list:
     if not ratios:
         return []
     lines = ["Against full fine-tuning, over the same seeds: the ratio of standard deviations (method / full) "
-             "of the test score, the geometric mean over cells (task x fraction) with its 95% t interval over "
-             "cells (claims.py); above 1 is more variable. A cell where either method scored the same with "
-             "every seed has no ratio (skipped).", ""]
-    rows = [[d["method"], d["task"], d["cells"], d["skipped"], "–" if d["ratio"] is None else f"{d['ratio']:.2f}",
-             "–" if d["low"] is None else f"[{d['low']:.2f}, {d['high']:.2f}]", d["verdict"]]
+             "of the test score, the geometric mean over a task's cells (task x fraction) with its range over "
+             "them; over all tasks, the geometric mean of the tasks' ratios with the 95% t interval over tasks "
+             "(a task's cells share seeds and nested subsets, so the tasks are the independent units; "
+             "claims.py). Above 1 is more variable. *Constant*: cells where full fine-tuning, the method, or "
+             "both scored the same with every seed, which have no ratio.", ""]
+    rows = [[d["method"], d["task"], d["cells"], "{full} / {method} / {both}".format(**d["skipped"]),
+             "–" if d["ratio"] is None else f"{d['ratio']:.2f}", ratio_span(d), d["verdict"] or ""]
             for d in sorted(ratios, key=lambda d: (rank(d["method"], METHODS), rank(d["task"], TASKS + ("all",))))]
-    return lines + table(["method", "task", "cells", "skipped", "std ratio to full", "95% t (cells)", "verdict"], rows)
+    return lines + table(["method", "task", "cells", "constant (full / method / both)", "std ratio to full",
+                          "range over cells; 95% t over tasks", "verdict"], rows)
+
+
+def ratio_span(d) -> str:
+    """A task's range of ratios over its cells; over all tasks, the 95% t interval."""
+    if d["task"] == "all":
+        return "–" if d["low"] is None else f"[{d['low']:.2f}, {d['high']:.2f}]"
+    return "–" if d["range"] is None else f"{d['range'][0]:.2f} – {d['range'][1]:.2f}"
 
 
 def efficiency(fixed) -> list:

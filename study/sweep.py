@@ -38,7 +38,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from study.jobs import Jobs
+from study.jobs import Jobs, threads_per_job
 from study.presets import PRESETS, Preset, Run, grid, shard, tuning_grid
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -217,17 +217,37 @@ def value_problems(args, preset: Preset) -> list:
 
 def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None) -> int:
     """Run this shard's part of one stage's configurations, skipping finished ones and resuming
-    interrupted ones, --jobs at a time (time-budget runs one at a time: what they measure is how far
-    the budget goes on the machine); -> exit code (0 all ran or were done, 1 some failed).
-    KeyboardInterrupt passes, once every running train.py has saved its state."""
-    p, out = args.preset, Path(args.out)
-    common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
+    interrupted ones; -> exit code (0 all ran or were done, 1 some failed). KeyboardInterrupt passes,
+    once every running train.py has saved its state."""
     runs = shard(all_runs, args.shard_i, args.shard_n)
     where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
-    print(f"sweep --grid {args.grid}, {stage} stage -> {out} ({where} configurations)", flush=True)
-    counts = {"ran": 0, "copied": 0, "skipped": 0, "failed": 0, "to resume": 0, "to run": 0}
-    failed, stale, todo = [], [], []
+    print(f"sweep --grid {args.grid}, {stage} stage -> {args.out} ({where} configurations)", flush=True)
     start = time.perf_counter()
+    todo, counts, stale = plan(runs, args, common, rates)
+    if stale:
+        print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
+              f"delete their directories to run them again", flush=True)
+    if args.dry_run:
+        print(f"dry run, {stage} stage ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
+              f"{counts['to run']} to run", flush=True)
+        return 0
+    codes = execute(todo, args)
+    failed = [run.name for run, (tag, run_dir, _, _) in todo
+              if codes.get(tag) != 0 or (read_results(run_dir) or {}).get("status") not in DONE]
+    print(f"{stage} stage done in {time.perf_counter() - start:.0f}s ({where}): {len(todo) - len(failed)} ran, "
+          f"{counts['copied']} copied, {counts['skipped']} skipped, {len(failed)} failed"
+          f"{' (' + ', '.join(failed) + ')' if failed else ''}", flush=True)
+    return 1 if failed else 0
+
+
+def plan(runs: list, args, common: dict, rates: dict = None):
+    """What each configuration needs, printed as it is decided: copied from the tuning stage, done
+    (skipped), or to run or resume. -> (todo: [(Run, (tag, directory, command, start message))],
+    counts, names of finished runs whose flags differ from the requested ones)."""
+    p, out = args.preset, Path(args.out)
+    common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
+    counts = {"copied": 0, "skipped": 0, "to resume": 0, "to run": 0}
+    todo, stale = [], []
     for k, run in enumerate(runs, 1):
         run_dir = run.directory(out)
         tag = f"[{k}/{len(runs)}] {run.name}"
@@ -239,22 +259,27 @@ def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None
         status = results["status"] if results else "new"
         if status in DONE:
             diff = differences(results, run, common)
-            if diff:
-                stale.append(run.name)
+            stale += [run.name] if diff else []
             print(f"{tag}: done ({status}){'; differs: ' + ', '.join(diff) if diff else ''}", flush=True)
             counts["skipped"] += 1
             continue
         resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
+        kind = "to resume" if resume else "to run"
+        counts[kind] += 1
         if args.dry_run:
             epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
-            todo_kind = "to resume" if resume else "to run"
-            counts[todo_kind] += 1
-            print(f"{tag}: {todo_kind} ({status}{epochs})", flush=True)
+            print(f"{tag}: {kind} ({status}{epochs})", flush=True)
             continue
         cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
                *args.extra, *(["--resume"] if resume else [])]
-        todo.append((run, (tag, run_dir, cmd, f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}")))
+        start_message = f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}"
+        todo.append((run, (tag, run_dir, cmd, start_message)))
+    return todo, counts, stale
 
+
+def execute(todo: list, args) -> dict:
+    """Run the planned commands, --jobs at a time, then the time-budget runs one at a time with every
+    core: what they measure is how far the budget goes on the machine. -> {tag: exit code}."""
     dirs = {tag: run_dir for _, (tag, run_dir, _, _) in todo}
 
     def finished(tag, code, seconds):  # called from a worker thread as each run ends
@@ -262,6 +287,8 @@ def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None
         status = results["status"] if results else "no results.json"
         if code == 0 and status in DONE:
             print(f"{tag}: {status} in {seconds:.0f}s", flush=True)
+        elif status == "interrupted":  # stopped by the sweep's signal: not a failure
+            print(f"{tag}: interrupted; it resumes on the next invocation", flush=True)
         else:
             print(f"{tag}: FAILED (exit code {code}, status {status}); see {dirs[tag] / 'train.log'}", flush=True)
 
@@ -269,28 +296,9 @@ def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None
     for budget in (False, True):
         batch = [item for run, item in todo if bool(run.budget_minutes) == budget]
         n = 1 if budget else args.jobs
-        # n runs share the cores: one n-th each, unless OMP_NUM_THREADS says otherwise
-        threads = None if n == 1 or "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // n)
         if batch:
-            codes.update(jobs.run_all(batch, n, finished, threads))
-    for run, (tag, run_dir, _, _) in todo:
-        results = read_results(run_dir)
-        if codes.get(tag) == 0 and results and results.get("status") in DONE:
-            counts["ran"] += 1
-        else:
-            counts["failed"] += 1
-            failed.append(run.name)
-    if stale:
-        print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
-              f"delete their directories to run them again", flush=True)
-    if args.dry_run:
-        print(f"dry run, {stage} stage ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
-              f"{counts['to run']} to run", flush=True)
-        return 0
-    print(f"{stage} stage done in {time.perf_counter() - start:.0f}s ({where}): {counts['ran']} ran, "
-          f"{counts['copied']} copied, {counts['skipped']} skipped, {counts['failed']} failed"
-          f"{' (' + ', '.join(failed) + ')' if failed else ''}", flush=True)
-    return 1 if failed else 0
+            codes.update(jobs.run_all(batch, n, finished, threads_per_job(n)))
+    return codes
 
 
 def write_tuned(out: Path, tuned: dict):
@@ -308,8 +316,8 @@ def write_report(out: Path):
     from study import report  # matplotlib, only when a report is made
     try:
         report.report(out)
-    except SystemExit as e:
-        print(f"no report: {e}", flush=True)
+    except (SystemExit, Exception) as e:  # SystemExit: nothing finished to report
+        print(f"no report ({type(e).__name__}): {e}; the runs are unaffected", flush=True)
 
 
 def main(argv=None) -> int:
@@ -346,7 +354,7 @@ def main(argv=None) -> int:
             write_report(out)
         return code
     except KeyboardInterrupt:
-        print("sweep interrupted: finished runs are kept; the interrupted run resumes on the next invocation",
+        print("sweep interrupted: finished runs are kept; interrupted runs resume on the next invocation",
               flush=True)
         return 130
 

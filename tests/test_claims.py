@@ -80,17 +80,24 @@ def test_spread_ratios_compare_variances_over_the_same_seeds():
         runs += cell("mrpc", frac, "bitfit", [80, 84, 88])  # variance 16: ln(16 / 4) in every cell
     runs += cell("mrpc", 0.3, "lora", [80, 84, 88]) + cell("mrpc", 0.5, "lora", [81, 82, 83])  # ln 4, ln 1/4
     runs += cell("mrpc", 1.0, "lora", [80, 82, 84, 99])  # seed 3 has no full run: variance 4 over seeds 0-2
-    runs += cell("stsb", 1.0, "full", [50, 50, 50]) + cell("stsb", 1.0, "bitfit", [40, 50, 60])  # full: variance 0
+    runs += cell("stsb", 1.0, "full", [50, 50, 50]) + cell("stsb", 1.0, "bitfit", [40, 50, 60])  # full constant
+    runs += cell("stsb", 0.5, "full", [60, 70, 80]) + cell("stsb", 0.5, "bitfit", [65, 70, 75])  # variance 100, 25
     found = {(r["method"], r["task"]): r for r in claims.spread_ratios(runs)}
     bitfit = found[("bitfit", "mrpc")]
     assert bitfit["cells"] == 3 and math.isclose(bitfit["ratio"], 2.0)  # standard deviations 4 against 2
-    assert math.isclose(bitfit["low"], 2.0) and bitfit["verdict"] == "more variable"  # no spread over cells
-    assert found[("bitfit", "stsb")]["cells"] == 0 and found[("bitfit", "stsb")]["skipped"] == 1
-    assert found[("bitfit", "stsb")]["verdict"] == "too few cells"
-    assert found[("bitfit", "all")]["cells"] == 3 and found[("bitfit", "all")]["skipped"] == 1
+    assert bitfit["range"] == (2.0, 2.0) and bitfit["verdict"] is None  # a task's row: no verdict
+    stsb = found[("bitfit", "stsb")]
+    assert stsb["cells"] == 1 and stsb["skipped"] == {"full": 1, "method": 0, "both": 0}
+    assert math.isclose(stsb["ratio"], 0.5)
+    # over the tasks: the mean of ln 4 (mrpc) and ln 1/4 (stsb) is 0, their sd ln 4 * sqrt 2, t(0.975, 1) = 12.706
+    everything = found[("bitfit", "all")]
+    assert everything["tasks"] == 2 and everything["cells"] == 4 and math.isclose(everything["ratio"], 1.0)
+    assert math.isclose(everything["high"], math.exp(12.706 * math.log(4) / 2))
+    assert everything["verdict"] == "not distinguishable" and everything["skipped"]["full"] == 1
     lora = found[("lora", "mrpc")]
     assert lora["cells"] == 3 and math.isclose(lora["ratio"], 1.0)  # ln 4 - ln 4 + 0 = 0
-    # sd of (ln 4, -ln 4, 0) is ln 4; t(0.975, 2) = 4.303 -> the interval spans 1
-    assert math.isclose(lora["high"], math.exp(4.303 * math.log(4) / math.sqrt(3) / 2))
-    assert lora["verdict"] == "not distinguishable"
+    assert lora["range"] == (0.5, 2.0)
+    assert found[("lora", "all")]["verdict"] == "too few tasks"  # one task: no interval
     assert ("full", "mrpc") not in found
+    assert claims.spread_verdict(0.1, 0.5) == "more variable" and claims.spread_verdict(-0.5, -0.1) == "less variable"
+    assert claims.spread_verdict(-0.5, 0.1) == "not distinguishable"

@@ -87,13 +87,16 @@ def test_report_tables_match_hand_computation(synthetic):
     # stability: bitfit's std is 2.00 at frac 1 (frac 0.3 has one seed); full's 1.00
     assert "| bitfit | 2.00 | 2.00 |" in text and "| full | 1.00 | 1.00 |" in text
     # spread against full, one cell (mrpc, 1): variances 4 and 1 -> ratio of standard deviations 2, no interval
-    assert "| bitfit | mrpc | 1 | 0 | 2.00 | – | too few cells |" in text
+    assert "| bitfit | mrpc | 1 | 0 / 0 / 0 | 2.00 | 2.00 – 2.00 |  |" in text
+    assert "| bitfit | all | 1 | 0 / 0 / 0 | 2.00 | – | too few tasks |" in text
     # budget run: best validation 0.4 at epoch 2 -> test 45.00; 95% of 0.4 = 0.38 first at 20 s
     assert "| cola | lora | matthews | 10 | epoch cap | 1 | 3.0 | 30 | 45.00 | 35.00 | 30.0 | 20.0 | 2000 |" in text
     assert "ignored 1 runs (unfinished, failed, duplicates, not results files): stsb-adapter-f0.5-s0 (interrupted)" in text
     # compute: 8 grid runs, 23 epochs of 10 s of training, plus 1 s of evaluation each = 238 s
     assert "- compute: 0.1 hours of training and evaluation" in text and "2 finished tuning runs, 0.0 hours" in text
     assert report.compute_hours([{"time": {"train_seconds": 3000.0, "eval_seconds": 600.0}}] * 2) == 2.0
+    copy = {"time": {"train_seconds": 3000.0, "eval_seconds": 600.0}, "copied_from": "tune/x"}
+    assert report.compute_hours([copy]) == 0.0  # counted with the tuning runs
     assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
     assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")
     for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from study import presets, sweep
+from study import jobs, presets, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,15 +157,31 @@ def test_skip_resume_and_failures(tmp_path, fake_train, capsys):
     assert "differs: epochs 1 (asked 2)" in capsys.readouterr().out
 
 
+def signal_once_running(dirs, *signals):
+    """A thread that sends this process `signals`, back to back, once every run directory's results.json
+    says "running" (the stand-in handles SIGTERM from then on)."""
+    def send():
+        deadline = time.time() + 30
+        while time.time() < deadline and not all((d / "results.json").is_file() and
+                                                 '"running"' in (d / "results.json").read_text() for d in dirs):
+            time.sleep(0.02)
+        for sig in signals:
+            os.kill(os.getpid(), sig)
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
 def test_ctrl_c_stops_the_run_and_it_resumes(tmp_path, fake_train, capsys):
     out = tmp_path / "sleep"
     flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit", "--fracs", "0.1",
              "--budget-minutes", "0", "--quiet"]
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    thread = signal_once_running([out / "mrpc-bitfit-f0.1-s0"], signal.SIGINT)
     assert sweep.main(flags) == 130
-    timer.join()
-    assert "sweep interrupted" in capsys.readouterr().out
+    thread.join()
+    text = capsys.readouterr().out
+    assert "sweep interrupted" in text and "mrpc-bitfit-f0.1-s0: interrupted; it resumes" in text
+    assert "FAILED" not in text
     results = json.loads((out / "mrpc-bitfit-f0.1-s0" / "results.json").read_text())
     assert results["status"] == "interrupted"  # train.py got the signal and saved its state
     os.rename(out, tmp_path / "woke")  # the stand-in sleeps only in a directory named sleep
@@ -172,18 +189,37 @@ def test_ctrl_c_stops_the_run_and_it_resumes(tmp_path, fake_train, capsys):
     assert calls(tmp_path / "woke")[-1].endswith("--resume")
 
 
-def test_sigterm_stops_every_running_job_and_starts_no_other(tmp_path, fake_train, capsys):
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGTERM, signal.SIGHUP), (signal.SIGINT,) * 3])
+def test_a_stop_signal_stops_every_running_job_and_starts_no_other(tmp_path, fake_train, capsys, signals):
     out = tmp_path / "sleep"
     flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora,ia3",
              "--fracs", "0.1", "--budget-minutes", "0", "--jobs", "2"]
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))  # as `kill PID` does
-    timer.start()
+    running = [out / f"mrpc-{method}-f0.1-s0" for method in ("bitfit", "lora")]
+    thread = signal_once_running(running, *signals)  # `kill PID`; systemd's SIGTERM + SIGHUP; Ctrl-C pressed thrice
     assert sweep.main(flags) == 130
-    timer.join()
+    thread.join()
     assert "sweep interrupted" in capsys.readouterr().out
-    for method in ("bitfit", "lora"):  # both were running; each saved its state
-        assert json.loads((out / f"mrpc-{method}-f0.1-s0" / "results.json").read_text())["status"] == "interrupted"
+    for run_dir in running:  # both were running; each saved its state
+        assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     assert not (out / "mrpc-ia3-f0.1-s0").exists()  # the third never started
+
+
+def test_an_error_in_one_job_stops_the_others(tmp_path, fake_train):
+    out = tmp_path / "sleep"
+    sleepers = [(f"run{i}", out / f"run{i}", [sys.executable, str(sweep.TRAIN), "--out", str(out / f"run{i}")], "")
+                for i in range(2)]
+    wait = f"import time, pathlib\nwhile sum('running' in p.read_text() for p in pathlib.Path({str(out)!r})" \
+           ".glob('run*/results.json')) < 2: time.sleep(0.02)"
+    quick = [("quick", tmp_path / "quick", [sys.executable, "-c", wait], ""), ("never", tmp_path / "never", ["true"], "")]
+
+    def finished(label, code, seconds):
+        if label == "quick":  # an error in the sweep's own code while two runs are going
+            raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        jobs.Jobs(quiet=True).run_all(sleepers + quick, 3, finished)
+    assert [json.loads((d / "results.json").read_text())["status"] for _, d, _, _ in sleepers] == ["interrupted"] * 2
+    assert not (tmp_path / "never").exists()  # queued behind the error: never started
 
 
 PAIRED_TRAIN = textwrap.dedent("""
@@ -216,7 +252,7 @@ def test_jobs_run_at_once_and_budget_runs_alone(tmp_path, monkeypatch, capsys):
     script.write_text(PAIRED_TRAIN)
     monkeypatch.setattr(sweep, "TRAIN", script)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 8 cores for this process
     out = tmp_path / "r"
     flags = ["--grid", "smoke", "--out", str(out), "--methods", "bitfit,lora", "--fracs", "0.1", "--no-report"]
     assert sweep.main(flags + ["--jobs", "2"]) == 0, capsys.readouterr().out
