@@ -64,7 +64,9 @@ class Jobs:
                     self.stopping = True
                 raise
 
-        previous = {s: signal.signal(s, lambda *_: self.signalled.set()) for s in STOP_SIGNALS}
+        # an ignored signal stays ignored: nohup ignores SIGHUP, a shell's `&` SIGINT
+        previous = {s: signal.signal(s, lambda *_: self.signalled.set()) for s in STOP_SIGNALS
+                    if signal.getsignal(s) is not signal.SIG_IGN}
         pool, error = concurrent.futures.ThreadPoolExecutor(max_workers=n), None
         try:
             futures = {pool.submit(work, *item): item[0] for item in items}

@@ -326,7 +326,8 @@ def main(argv=None) -> int:
     common = {"model": p.model, "data_dir": args.data_dir, "batch_size": args.batch_size,
               "max_length": p.max_length, "amp": p.amp, "device": args.device, "pooling": args.pooling}
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the sweep (and its train.py) like Ctrl-C
-        signal.signal(sig, signal.default_int_handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # but not a hangup under nohup
+            signal.signal(sig, signal.default_int_handler)
     code = 0
     try:
         if args.stage == "tune" or (args.stage == "all" and p.tune):

@@ -204,6 +204,27 @@ def test_a_stop_signal_stops_every_running_job_and_starts_no_other(tmp_path, fak
     assert not (out / "mrpc-ia3-f0.1-s0").exists()  # the third never started
 
 
+def test_an_ignored_signal_stays_ignored(tmp_path, fake_train, capsys):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts the sweep (the fixture restores it)
+    out = tmp_path / "sleep"
+    flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit", "--fracs", "0.1",
+             "--budget-minutes", "0", "--jobs", "2"]
+    results = out / "mrpc-bitfit-f0.1-s0" / "results.json"
+    seen = []
+
+    def after_hangup():
+        time.sleep(1.0)  # a stop takes a fraction of a second: the run would be "interrupted" by now
+        seen.append(json.loads(results.read_text())["status"])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = signal_once_running([results.parent], signal.SIGHUP)
+    later = threading.Thread(target=lambda: (thread.join(), after_hangup()))
+    later.start()
+    assert sweep.main(flags) == 130
+    later.join()
+    assert seen == ["running"] and json.loads(results.read_text())["status"] == "interrupted"
+
+
 def test_an_error_in_one_job_stops_the_others(tmp_path, fake_train):
     out = tmp_path / "sleep"
     sleepers = [(f"run{i}", out / f"run{i}", [sys.executable, str(sweep.TRAIN), "--out", str(out / f"run{i}")], "")
