@@ -6,7 +6,8 @@ The grid is methods x tasks x fractions x seeds fixed-epoch runs, in directories
 `{task}-{method}-f{frac}-s{seed}`, plus one time-budget run per method x task on all the training
 data with the first seed, `{task}-{method}-budget{minutes}-s{seed}`, whose epoch cap is set high so
 that the budget, not the epoch count, ends it. The tuning stage trains each task x method at every
-rate of TUNE_LRS, in `tune/{task}-{method}-f1-s{seed}-lr{lr}`.
+rate of TUNE_LRS, in `tune/{task}-{method}-f1-s{seed}-lr{lr}`, and one rate further while the best
+is at an edge of those tried (beyond_edges).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,32 @@ def tuning_grid(p: Preset) -> list:
     the main grid's epochs; task-major so that one task's choices are complete first."""
     return [Run(task, method, 1.0, p.seeds[0], p.epochs, lr=lr, tuning=True)
             for task in p.tasks for method in p.methods for lr in tune_lrs(method)]
+
+
+EDGE_STEPS = 2  # rates tried beyond an edge of TUNE_LRS at most, on each side
+
+
+def beyond_edges(tuning: list, chosen: dict, p: Preset) -> list:
+    """A chosen rate at an edge of those tried says the best may lie beyond it: one more run, a step
+    further (the ratio of the two outermost rates on that side, rounded to one significant digit),
+    up to EDGE_STEPS steps past the range of TUNE_LRS. -> the new tuning Runs (none once every
+    choice is inside its range, or the steps are used up)."""
+    more = []
+    for task, methods in chosen.items():
+        for method, lr in methods.items():
+            tried = sorted({r.lr for r in tuning if (r.task, r.method) == (task, method)})
+            base = tune_lrs(method)
+            if len(tried) < 2 or lr not in (tried[0], tried[-1]):
+                continue
+            up = lr == tried[-1]
+            outside = sum(x > max(base) if up else x < min(base) for x in tried)
+            if outside >= EDGE_STEPS:
+                continue
+            step = tried[-1] / tried[-2] if up else tried[0] / tried[1]
+            nxt = float(f"{lr * step:.0e}")  # one significant digit: 2e-3 x 3.33 -> 7e-3
+            if nxt not in tried:  # (a step that rounds back to a rate tried would never end)
+                more.append(Run(task, method, 1.0, p.seeds[0], p.epochs, lr=nxt, tuning=True))
+    return more
 
 
 def shard(runs: list, i: int, n: int) -> list:

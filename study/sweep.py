@@ -9,7 +9,9 @@
 Two stages, both run by one command (`--stage all`, the default):
   tune  for each task x method, the rates of TUNE_LRS on all the training data with the first seed,
         in `tune/{task}-{method}-f1-s{seed}-lr{lr}`; the rate with the best validation score (our
-        10% split of GLUE train, never GLUE dev: that is the test set) goes to `tuned.json`.
+        10% split of GLUE train, never GLUE dev: that is the test set) goes to `tuned.json`. When
+        the best is the highest or lowest rate tried, one more a step beyond it is tried, up to two
+        steps past the range (presets.beyond_edges): the best may lie outside it.
   main  the grid below, every run at its task x method's rate from tuned.json. Its first-seed run on
         all the data is the tuning run at the chosen rate (the same configuration), copied, not re-run.
 A preset with tune=False (smoke) skips the first stage and uses train.py's default rates.
@@ -39,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from study.jobs import Jobs, threads_per_job
-from study.presets import PRESETS, Preset, Run, grid, shard, tuning_grid
+from study.presets import PRESETS, Preset, Run, beyond_edges, grid, shard, tuning_grid
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 DONE = ("complete", "time_budget")  # results.json statuses of a finished run
@@ -332,8 +334,15 @@ def main(argv=None) -> int:
     try:
         if args.stage == "tune" or (args.stage == "all" and p.tune):
             tuning = tuning_grid(p)
-            code = run_stage("tune", tuning, args, common)
-            tuned = choose_rates(tuning, out)
+            while True:  # the grid's rates, then one further while the best is at an edge
+                code = max(code, run_stage("tune", tuning, args, common))
+                tuned = choose_rates(tuning, out)
+                more = [] if tuned["missing"] or args.dry_run else beyond_edges(tuning, tuned["chosen"], p)
+                if not more:
+                    break
+                print("best rate at an edge of those tried: " + ", ".join(f"{r.task}/{r.method} {r.lr:g}" for r in more),
+                      flush=True)
+                tuning += more
             if not args.dry_run:
                 write_tuned(out, tuned)
             for task, methods in tuned["chosen"].items():

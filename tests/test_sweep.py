@@ -303,6 +303,28 @@ TUNE_TRAIN = textwrap.dedent("""
 """)
 
 
+def test_a_best_rate_at_an_edge_is_followed_beyond_it(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "tune_train.py"  # validation score: higher with the rate for lora, lower for bitfit
+    script.write_text(TUNE_TRAIN.replace("val = {", "val = (lr if 'lora' in a else 1 / lr) if lr else {"))
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    out = tmp_path / "study"
+    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--stage", "tune",
+             "--epochs", "1", "--quiet"]
+    assert sweep.main(flags) == 0
+    tuned = json.loads((out / "tuned.json").read_text())
+    # lora: 2e-4, 6e-4, 2e-3, then 2e-3 x 3.33 = 7e-3 and 7e-3 x 3.5 = 2e-2 (one significant digit), and no further
+    assert sorted(map(float, tuned["tried"]["mrpc"]["lora"])) == [2e-4, 6e-4, 2e-3, 7e-3, 2e-2]
+    # bitfit: 3e-4, 1e-3, 3e-3, then downwards 3e-4 / 3.33 = 9e-5 and 9e-5 / 3.33 = 3e-5
+    assert sorted(map(float, tuned["tried"]["mrpc"]["bitfit"])) == [3e-5, 9e-5, 3e-4, 1e-3, 3e-3]
+    assert tuned["chosen"] == {"mrpc": {"bitfit": 3e-5, "lora": 2e-2}}
+    assert "best rate at an edge of those tried: mrpc/bitfit 9e-05, mrpc/lora 0.007" in capsys.readouterr().out
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 10
+    assert sweep.main(flags) == 0 and len((tmp_path / "calls.txt").read_text().splitlines()) == 10  # all done
+    assert presets.beyond_edges([presets.Run("mrpc", "full", 1.0, 0, 1, lr=x, tuning=True) for x in (2e-5, 5e-5)],
+                                {"mrpc": {"full": 5e-5}}, presets.PRESETS["cpu"])[0].lr == 1e-4  # 5e-5 x 2.5
+
+
 def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeypatch, capsys):
     script = tmp_path / "tune_train.py"
     script.write_text(TUNE_TRAIN)
