@@ -58,7 +58,7 @@ def header(runs, ignored) -> list:
         lines += [f"- protocol: {cfg('epochs')} epochs, batch size {cfg('batch_size')}, max length "
                   f"{cfg('max_length')} tokens, warm-up {cfg('warmup')} of the steps, weight decay "
                   f"{cfg('weight_decay')}, AMP setting {cfg('amp')}",
-                  "- learning rates: " + ", ".join(f"{m} {cfg('lr', m)}" for m in methods),
+                  "- learning rates: " + "; ".join(f"{m} {rates(fixed, m)}" for m in methods),
                   f"- fractions {cfg('frac', axis=True)}; seeds {cfg('seed', axis=True)}"]
         if "adapter" in methods:
             lines.append(f"- adapters: size {cfg('adapter_size', 'adapter')}, "
@@ -84,6 +84,16 @@ def header(runs, ignored) -> list:
         names = ", ".join(f"{r['dir']} ({r.get('status')})" for r in ignored)
         lines.append(f"- ignored {len(ignored)} runs (unfinished, failed, duplicates, not results files): {names}")
     return lines + [""]
+
+
+def rates(configs, method) -> str:
+    """A method's learning rate(s): one, or one per task where tuning chose them per task; more than
+    one within a task is flagged."""
+    by_task = {t: listing(c["lr"] for c in configs if (c["task"], c["method"]) == (t, method))
+               for t in ordered({c["task"] for c in configs if c["method"] == method}, TASKS)}
+    if len(set(by_task.values())) == 1:
+        return next(iter(by_task.values()))
+    return ", ".join(f"{t} {lr}" for t, lr in by_task.items())
 
 
 def compute_hours(rs) -> float:

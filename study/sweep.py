@@ -5,6 +5,7 @@
   python -m study.sweep --grid smoke --model minilm --out /tmp/smoke
   python -m study.sweep --grid cpu --out results/cpu-minilm --dry-run                  (what is done, what is left)
   python -m study.sweep --grid cpu --out R --methods bitfit,lora --fracs 0.5 -- --eval-every 20
+  python -m study.sweep --grid cpu --out R --rates results/S/tuned.json --fracs 1 --epochs 12   (S's rates, no tuning)
 
 Two stages, both run by one command (`--stage all`, the default):
   tune  for each task x method, the rates of TUNE_LRS on all the training data with the first seed,
@@ -15,6 +16,8 @@ Two stages, both run by one command (`--stage all`, the default):
   main  the grid below, every run at its task x method's rate from tuned.json. Its first-seed run on
         all the data is the tuning run at the chosen rate (the same configuration), copied, not re-run.
 A preset with tune=False (smoke) skips the first stage and uses train.py's default rates.
+`--rates PATH` skips it too and takes the grid's rates from another study's tuned.json: a variant of
+a study (more epochs, other fractions) at that study's rates.
 
 The grids themselves (presets, runs, directories) are study/presets.py. Flags after `--` go to every
 train.py unchanged.
@@ -76,9 +79,8 @@ def choose_rates(runs: list, out: Path) -> dict:
             "selected_on": "validation (10% of GLUE train); test scores are listed, never used to choose"}
 
 
-def read_tuned(out: Path, p: Preset):
+def read_tuned(path: Path, p: Preset):
     """-> (rates task -> method -> lr, None) or (None, a message saying what is missing)."""
-    path = out / TUNED
     if not path.is_file():
         return None, f"{path} does not exist: run the tuning stage first (--stage tune, or --stage all)"
     try:
@@ -153,6 +155,8 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once on this machine, each with 1/jobs of the cores (OMP_NUM_THREADS); "
                         "time-budget runs still run one at a time. Output goes to train.log only")
+    p.add_argument("--rates", help="tuned.json of another study: the grid's rates; this study's tuning "
+                        "stage is skipped (not with --stage tune)")
     p.add_argument("--no-report", action="store_true",
                    help="do not write RESULTS.md and the plots at the end (written only when unsharded)")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and which are done")
@@ -186,6 +190,10 @@ def parse_args(argv=None):
     args.shard_i, args.shard_n = i, n
     if args.jobs < 1:
         p.error(f"--jobs must be an integer >= 1, got {args.jobs}")
+    if args.rates and (args.stage == "tune" or not preset.tune):
+        p.error(f"--rates sets the grid's rates; it has no use with {'--stage tune' if preset.tune else f'--grid {args.grid}, which does not tune'}")
+    if args.rates and not Path(args.rates).is_file():
+        p.error(f"--rates {args.rates}: no such file (a tuning stage's tuned.json)")
     args.preset = preset
     # Task and method names are checked by train.py's own lists; imported here, not at the top,
     # so that the grid arithmetic above needs no torch.
@@ -332,7 +340,7 @@ def main(argv=None) -> int:
             signal.signal(sig, signal.default_int_handler)
     code = 0
     try:
-        if args.stage == "tune" or (args.stage == "all" and p.tune):
+        if args.stage == "tune" or (args.stage == "all" and p.tune and not args.rates):
             tuning = tuning_grid(p)
             while True:  # the grid's rates, then one further while the best is at an edge
                 code = max(code, run_stage("tune", tuning, args, common))
@@ -355,7 +363,7 @@ def main(argv=None) -> int:
                 return code or 1
         rates = None
         if p.tune:
-            rates, problem = read_tuned(out, p)
+            rates, problem = read_tuned(Path(args.rates) if args.rates else out / TUNED, p)
             if problem and not args.dry_run:
                 print(f"error: {problem}", file=sys.stderr, flush=True)
                 return 2

@@ -97,11 +97,20 @@ def test_report_tables_match_hand_computation(synthetic):
     assert report.compute_hours([{"time": {"train_seconds": 3000.0, "eval_seconds": 600.0}}] * 2) == 2.0
     copy = {"time": {"train_seconds": 3000.0, "eval_seconds": 600.0}, "copied_from": "tune/x"}
     assert report.compute_hours([copy]) == 0.0  # counted with the tuning runs
-    assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05, bitfit 0.001" in text
+    assert "Test CPU (2 cores)" in text and "learning rates: full 2e-05; bitfit 0.001" in text
     assert text.endswith("## Analysis\n\nBitFit trails full fine-tuning by 4 points on MRPC.\n")
     for png in ("metric_vs_fraction.png", "metric_vs_epoch.png", "metric_vs_time.png", "cost.png"):
         assert (synthetic / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![{png}]({png})" in text
+
+
+def test_rates_tuned_per_task_are_listed_per_task():
+    cfg = lambda task, lr: {"task": task, "method": "full", "lr": lr}  # noqa: E731
+    assert report.rates([cfg("mrpc", 2e-4), cfg("cola", 1e-4), cfg("mrpc", 2e-4)], "full") == "mrpc 0.0002, cola 0.0001"
+    assert report.rates([cfg("cola", 1e-4), cfg("stsb", 1e-4)], "full") == "0.0001"  # one rate for every task
+    assert report.rates([cfg("mrpc", 2e-4), cfg("mrpc", 1e-4)], "full") == "0.0001, 0.0002 (mixed!)"
+    assert report.rates([cfg("mrpc", 2e-4), cfg("mrpc", 1e-4), cfg("cola", 1e-4)], "full") == \
+        "mrpc 0.0001, 0.0002 (mixed!), cola 0.0001"
 
 
 def test_levelling_finds_the_epoch_within_one_point_of_the_best():

@@ -356,6 +356,30 @@ def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeyp
     assert "rate of mrpc/bitfit is not a positive number" in capsys.readouterr().err
 
 
+def test_rates_from_another_study_skip_the_tuning_stage(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "tune_train.py"
+    script.write_text(TUNE_TRAIN)
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3, "lora": 2e-4}}}))
+    out = tmp_path / "longer"
+    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--fracs", "1",
+             "--seeds", "0,1", "--budget-minutes", "0", "--epochs", "12", "--quiet", "--no-report"]
+    assert sweep.main(flags + ["--rates", str(tuned)]) == 0
+    lines = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(lines) == 4 and not (out / "tune").exists() and not (out / "tuned.json").exists()
+    assert all(" --lr 0.003 " in x for x in lines if "bitfit" in x) and all(" --epochs 12 " in x for x in lines)
+    assert all(" --lr 0.0002 " in x for x in lines if "lora" in x)
+    for bad, says in [(["--rates", str(tuned), "--stage", "tune"], "no use with --stage tune"),
+                      (["--rates", str(tmp_path / "none.json")], "none.json: no such file")]:
+        with pytest.raises(SystemExit):
+            sweep.main(flags + bad)
+        assert says in capsys.readouterr().err
+    tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3}}}))  # lora missing: refused, nothing runs
+    assert sweep.main(flags[:3] + [str(tmp_path / "other")] + flags[4:] + ["--rates", str(tuned)]) == 2
+    assert "no tuned rate for mrpc/lora" in capsys.readouterr().err and len(lines) == 4
+
+
 # --- end to end: the real train.py on the real data -----------------------------------------------------
 
 def test_smoke_sweep_end_to_end(tmp_path, glue_dir, minilm_dir):
