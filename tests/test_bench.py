@@ -25,3 +25,14 @@ def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir):
         assert rows[method, "bertfit"]["optimizer_state_bytes"] == 8 * rows[method, "bertfit"]["trainable"]
     assert {"bitfit_step_vs_full", "lora_step_vs_full", "full_tokens_per_second_vs_hf"} <= set(result["ratios"])
     assert result["padding_fraction"]["bertfit"] < result["padding_fraction"]["hf"]
+
+
+def test_warm_up_runs_every_shape_that_is_timed():
+    import torch
+    batch = lambda n, t: {"input_ids": torch.zeros(n, t, dtype=torch.long)}  # noqa: E731
+    first = [batch(32, 40)]
+    timed = [batch(32, 40), batch(32, 50), batch(32, 50), batch(16, 50), batch(32, 60)]
+    warm = bench.warm_up_batches(first, timed)
+    assert [tuple(b["input_ids"].shape) for b in warm] == [(32, 40), (32, 50), (16, 50), (32, 60)]
+    assert warm[0] is first[0] and warm[1] is timed[1]  # the batches themselves, not copies
+    assert bench.warm_up_batches([], []) == []
