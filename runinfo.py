@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from precision import cpu_has_bf16
+
 
 def synchronize(device: torch.device):
     if device.type == "cuda":
@@ -53,9 +55,12 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device, amp_dtype, world_size: int = 1) -> dict:
+    """What a run's numbers came from. On a CPU, cpu_bf16 says whether it has native bf16 (which
+    --amp auto uses): two machines with the same model name can differ in it, and in speed."""
     return {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
             "device_name": device_name(device), "dtype": str(amp_dtype or torch.float32).removeprefix("torch."),
-            "threads": torch.get_num_threads(), "world_size": world_size}
+            "threads": torch.get_num_threads(), "world_size": world_size,
+            **({"cpu_bf16": cpu_has_bf16()} if device.type == "cpu" else {})}
 
 
 def finite_or_null(obj, where="") -> tuple:
