@@ -15,6 +15,7 @@ length-bucketed batches. Both see the same examples; throughput counts real toke
 --model bert-base-random builds BERT-base's config with random weights: speed only.
 """
 import argparse
+import gc
 import json
 import random
 from pathlib import Path
@@ -234,6 +235,7 @@ def main(argv=None):
         row["mfu"] = mfu(row, base.config, device, mean_len)
         rows.append(row)
         print(json.dumps(row))
+        del model, trainable  # freed before the next model is measured: peak memory counts one model at a time
         if args.compare_hf and method in HF_REFERENCE:  # no adapter, prompt, prefix, (IA)^3 or hybrid reference here
             torch.manual_seed(0)
             ref = hf_model(model_fresh(base), cfg)
@@ -241,7 +243,8 @@ def main(argv=None):
             rows.append({"method": method, "stack": "hf",
                          **measure(ref, ref_trainable, hf_train, hf_eval, args, device, amp_dtype, is_hf=True)})
             print(json.dumps(rows[-1]))
-        del model
+            del ref, ref_trainable
+        gc.collect()
     result = {"model": args.model, "task": args.task, "batch_size": args.batch_size, "max_length": args.max_length,
               "environment": environment(device, amp_dtype), "rows": rows, "ratios": ratios(rows),
               "padding_fraction": {"bertfit": data.padding_fraction(ours_train), "hf": data.padding_fraction(hf_train)}}
@@ -259,8 +262,11 @@ def model_fresh(base):
 
 
 def ratios(rows):
-    ours = {r["method"]: r for r in rows if r["stack"] == "bertfit"}
-    hf = {r["method"]: r for r in rows if r["stack"] == "hf"}
+    """Step time and peak memory against our full fine-tuning, tokens/s against the reference; a method
+    measured twice (--methods full bitfit full) is compared by its first row."""
+    ours, hf = {}, {}
+    for r in rows:
+        (ours if r["stack"] == "bertfit" else hf).setdefault(r["method"], r)
     out = {}
     if "full" in ours:
         for m, r in ours.items():

@@ -93,7 +93,7 @@ def rates(configs, method) -> str:
                for t in ordered({c["task"] for c in configs if c["method"] == method}, TASKS)}
     if len(set(by_task.values())) == 1:
         return next(iter(by_task.values()))
-    return ", ".join(f"{t} {lr}" for t, lr in by_task.items())
+    return ", ".join(f"{t} {lr.replace(', ', '/')}" for t, lr in by_task.items())
 
 
 def compute_hours(rs) -> float:
@@ -282,7 +282,11 @@ def report(root) -> Path:
         print(f"wrote {out}: the tuning stage alone ({len(ignored)} unfinished runs of the grid)")
         return out
     fixed = [r for r in runs if not is_budget(r)]
-    lines = header(runs, ignored) + tuning
+    lines = header(runs, ignored)
+    if (root / "rates.json").is_file():  # sweep --rates: another study's tuning stage chose the rates
+        source = json.loads((root / "rates.json").read_text()).get("from", "?")
+        lines.insert(-1, f"- rates taken from `{source}` (sweep --rates), not tuned here")
+    lines += tuning
     plots = []
     if fixed:
         diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the table and the plot

@@ -52,6 +52,7 @@ RESUMABLE = ("running", "interrupted", "failed")  # stopped early; train.py --re
 # failed one from its last finished epoch, or from the start: the failure may have been the machine's)
 PROTOCOL = ("model", "batch_size", "max_length", "pooling", "amp")  # common flags that change the results
 TUNED = "tuned.json"  # the tuning stage's choice, in the study folder
+RATES_FROM = "rates.json"  # with --rates: the rates this study took, and the file they came from
 
 def choose_rates(runs: list, out: Path) -> dict:
     """tuned.json's content from the tuning runs: per task x method, each rate's best validation
@@ -79,8 +80,9 @@ def choose_rates(runs: list, out: Path) -> dict:
             "selected_on": "validation (10% of GLUE train); test scores are listed, never used to choose"}
 
 
-def read_tuned(path: Path, p: Preset):
-    """-> (rates task -> method -> lr, None) or (None, a message saying what is missing)."""
+def read_tuned(path: Path, p: Preset, own: bool = True):
+    """-> (rates task -> method -> lr, None) or (None, a message saying what is missing). own: the
+    study's own tuned.json (False: another study's, from --rates), which the message's advice follows."""
     if not path.is_file():
         return None, f"{path} does not exist: run the tuning stage first (--stage tune, or --stage all)"
     try:
@@ -89,7 +91,8 @@ def read_tuned(path: Path, p: Preset):
         return None, f"{path} is not a tuned.json written by the tuning stage ({e})"
     absent = [f"{t}/{m}" for t in p.tasks for m in p.methods if m not in chosen.get(t, {})]
     if absent:
-        return None, f"{path} has no tuned rate for {', '.join(absent)}: finish the tuning stage first"
+        return None, (f"{path} has no tuned rate for {', '.join(absent)}: "
+                      + ("finish the tuning stage first" if own else "its study did not tune them (--tasks, --methods)"))
     bad = [f"{t}/{m}" for t in p.tasks for m in p.methods
            if not (isinstance(chosen[t][m], (int, float)) and math.isfinite(chosen[t][m]) and chosen[t][m] > 0)]
     if bad:
@@ -105,7 +108,8 @@ def reuse_tuning_run(run: Run, rates: dict, p: Preset, out: Path) -> bool:
     source = Run(run.task, run.method, 1.0, run.seed, run.epochs, lr=rates[run.task][run.method],
                  tuning=True).directory(out)
     results = read_results(source)
-    if not results or results.get("status") not in DONE or run.directory(out).exists():
+    if not results or results.get("status") not in DONE or run.directory(out).exists() \
+            or results.get("config", {}).get("epochs") != run.epochs:  # (a directory's name does not say its epochs)
         return False
     shutil.copytree(source, run.directory(out), ignore=shutil.ignore_patterns("resume.pt*"))
     results["copied_from"] = source.relative_to(out).as_posix()
@@ -261,7 +265,7 @@ def plan(runs: list, args, common: dict, rates: dict = None):
     for k, run in enumerate(runs, 1):
         run_dir = run.directory(out)
         tag = f"[{k}/{len(runs)}] {run.name}"
-        if rates and not args.dry_run and reuse_tuning_run(run, rates, p, out):
+        if rates and not (args.dry_run or args.rates) and reuse_tuning_run(run, rates, p, out):
             counts["copied"] += 1
             print(f"{tag}: copied from tune/ (the tuning run at the chosen rate {run.lr:g})", flush=True)
             continue
@@ -311,12 +315,12 @@ def execute(todo: list, args) -> dict:
     return codes
 
 
-def write_tuned(out: Path, tuned: dict):
-    """tuned.json, atomically: a reader never sees half a file."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (TUNED + ".tmp")
-    tmp.write_text(json.dumps(tuned, indent=1) + "\n")
-    os.replace(tmp, out / TUNED)
+def write_json_atomic(path: Path, obj: dict):
+    """A JSON file, atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def write_report(out: Path):
@@ -352,7 +356,7 @@ def main(argv=None) -> int:
                       flush=True)
                 tuning += more
             if not args.dry_run:
-                write_tuned(out, tuned)
+                write_json_atomic(out / TUNED, tuned)
             for task, methods in tuned["chosen"].items():
                 print(f"tuned rates, {task}: " + ", ".join(f"{m} {lr:g}" for m, lr in methods.items()), flush=True)
             if args.stage == "tune":
@@ -363,10 +367,12 @@ def main(argv=None) -> int:
                 return code or 1
         rates = None
         if p.tune:
-            rates, problem = read_tuned(Path(args.rates) if args.rates else out / TUNED, p)
+            rates, problem = read_tuned(Path(args.rates) if args.rates else out / TUNED, p, own=not args.rates)
             if problem and not args.dry_run:
                 print(f"error: {problem}", file=sys.stderr, flush=True)
                 return 2
+            if args.rates and not args.dry_run:  # where this study's rates came from, beside its runs
+                write_json_atomic(out / RATES_FROM, {"from": str(args.rates), "chosen": rates})
         code = max(code, run_stage("main", grid(p, rates), args, common, rates))
         if not (args.dry_run or args.no_report or args.shard_n > 1):
             write_report(out)

@@ -10,7 +10,10 @@ pytest.importorskip("peft")
 from study import bench  # noqa: E402
 
 
-def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir):
+def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir, monkeypatch):
+    calls, warm_up = [], bench.warm_up_batches
+    monkeypatch.setattr(bench, "warm_up_batches", lambda first, timed: calls.append((len(first), len(timed)))
+                        or warm_up(first, timed))
     out = tmp_path / "bench.json"
     result = bench.main(["--model", "minilm", "--methods", "full", "bitfit", "lora", "--steps", "2", "--warmup", "1",
                          "--max-length", "32", "--compare-hf", "--data-dir", str(glue_dir), "--out", str(out)])
@@ -25,6 +28,17 @@ def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir):
         assert rows[method, "bertfit"]["optimizer_state_bytes"] == 8 * rows[method, "bertfit"]["trainable"]
     assert {"bitfit_step_vs_full", "lora_step_vs_full", "full_tokens_per_second_vs_hf"} <= set(result["ratios"])
     assert result["padding_fraction"]["bertfit"] < result["padding_fraction"]["hf"]
+    # every measurement (3 ours, 3 references) warmed up on its timed batches' shapes: training, after the
+    # 1 --warmup step, before the 2 timed steps; evaluation, on every batch
+    assert calls[0::2] == [(1, 2)] * 6 and all(first == 0 and timed > 0 for first, timed in calls[1::2])
+
+
+def test_ratios_compare_a_method_measured_twice_by_its_first_row():
+    row = lambda method, ms, mib: {"method": method, "stack": "bertfit", "step_seconds_median": ms / 1e3,  # noqa: E731
+                                   "peak_memory_bytes": mib * 2 ** 20, "train_tokens_per_second": 1.0}
+    r = bench.ratios([row("full", 200, 100), row("bitfit", 40, 50), row("full", 40, 120)])
+    assert r["bitfit_step_vs_full"] == pytest.approx(0.2) and r["bitfit_memory_vs_full"] == 0.5
+    assert r["full_step_vs_full"] == 1.0
 
 
 def test_warm_up_runs_every_shape_that_is_timed():

@@ -104,13 +104,21 @@ def test_report_tables_match_hand_computation(synthetic):
         assert f"![{png}]({png})" in text
 
 
+def test_a_study_made_with_another_studys_rates_says_so(synthetic):
+    assert "rates taken from" not in report.report(synthetic).read_text()
+    (synthetic / "rates.json").write_text(json.dumps({"from": "results/a/tuned.json", "chosen": {}}))
+    text = report.report(synthetic).read_text()
+    assert "- rates taken from `results/a/tuned.json` (sweep --rates), not tuned here\n- compute:" not in text
+    assert "- rates taken from `results/a/tuned.json` (sweep --rates), not tuned here\n\n## Learning rates" in text
+
+
 def test_rates_tuned_per_task_are_listed_per_task():
     cfg = lambda task, lr: {"task": task, "method": "full", "lr": lr}  # noqa: E731
     assert report.rates([cfg("mrpc", 2e-4), cfg("cola", 1e-4), cfg("mrpc", 2e-4)], "full") == "mrpc 0.0002, cola 0.0001"
     assert report.rates([cfg("cola", 1e-4), cfg("stsb", 1e-4)], "full") == "0.0001"  # one rate for every task
     assert report.rates([cfg("mrpc", 2e-4), cfg("mrpc", 1e-4)], "full") == "0.0001, 0.0002 (mixed!)"
     assert report.rates([cfg("mrpc", 2e-4), cfg("mrpc", 1e-4), cfg("cola", 1e-4)], "full") == \
-        "mrpc 0.0001, 0.0002 (mixed!), cola 0.0001"
+        "mrpc 0.0001/0.0002 (mixed!), cola 0.0001"
 
 
 def test_levelling_finds_the_epoch_within_one_point_of_the_best():

@@ -375,9 +375,25 @@ def test_rates_from_another_study_skip_the_tuning_stage(tmp_path, monkeypatch, c
         with pytest.raises(SystemExit):
             sweep.main(flags + bad)
         assert says in capsys.readouterr().err
+    assert json.loads((out / "rates.json").read_text()) == {"from": str(tuned), "chosen": {"mrpc": {"bitfit": 3e-3,
+                                                                                                "lora": 2e-4}}}
     tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3}}}))  # lora missing: refused, nothing runs
     assert sweep.main(flags[:3] + [str(tmp_path / "other")] + flags[4:] + ["--rates", str(tuned)]) == 2
-    assert "no tuned rate for mrpc/lora" in capsys.readouterr().err and len(lines) == 4
+    assert "no tuned rate for mrpc/lora: its study did not tune them" in capsys.readouterr().err
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 4
+
+
+def test_a_tuning_run_is_copied_into_the_grid_only_with_the_grids_epochs(tmp_path):
+    p = presets.PRESETS["cpu"]
+    source = presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4, tuning=True).directory(tmp_path)
+    source.mkdir(parents=True)
+    (source / "results.json").write_text(json.dumps({"status": "complete", "config": {"epochs": 6, "lr": 2e-4}}))
+    rates = {"mrpc": {"lora": 2e-4}}
+    assert not sweep.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 12, lr=2e-4), rates, p, tmp_path)
+    assert not (tmp_path / "mrpc-lora-f1-s0").exists()
+    assert sweep.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4), rates, p, tmp_path)
+    assert json.loads((tmp_path / "mrpc-lora-f1-s0" / "results.json").read_text())["copied_from"] == \
+        "tune/mrpc-lora-f1-s0-lr0.0002"
 
 
 # --- end to end: the real train.py on the real data -----------------------------------------------------
