@@ -1,6 +1,6 @@
 """sweep.py's grid, shards, skip/resume/failure bookkeeping, --jobs and Ctrl-C; and the whole pipeline
 end to end (sweep --grid smoke, a second sweep that runs nothing, report) on the real data and MiniLM.
-report.py's tables: test_report.py."""
+The tuning stage and --rates: test_tuning.py; report.py's tables: test_report.py."""
 import json
 import os
 import signal
@@ -285,115 +285,6 @@ def test_jobs_run_at_once_and_budget_runs_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COMPANION_WAIT", "1")
     assert sweep.main(flags[:3] + [str(tmp_path / "one")] + flags[4:] + ["--budget-minutes", "0"]) == 1
     assert "mrpc-bitfit-f0.1-s0: FAILED (exit code 4" in capsys.readouterr().out  # one at a time: no companion
-
-
-TUNE_TRAIN = textwrap.dedent("""
-    import json, sys
-    from pathlib import Path
-    a = sys.argv[1:]
-    out = Path(a[a.index("--out") + 1])
-    out.mkdir(parents=True, exist_ok=True)
-    with open(Path(sys.argv[0]).parent / "calls.txt", "a") as f:
-        f.write(" ".join(a) + "\\n")
-    lr = float(a[a.index("--lr") + 1]) if "--lr" in a else None
-    val = {3e-4: 0.80, 1e-3: 0.85, 3e-3: 0.85, 2e-4: 0.70, 6e-4: 0.90, 2e-3: 0.60}.get(lr, 0.5)
-    score = {"f1": val}
-    (out / "results.json").write_text(json.dumps({"status": "complete", "config": {"epochs": 1, "lr": lr},
-        "best": {"epoch": 1, "metric": "f1", "val": score, "test": {"f1": 0.1}}}))
-""")
-
-
-def test_a_best_rate_at_an_edge_is_followed_beyond_it(tmp_path, monkeypatch, capsys):
-    script = tmp_path / "tune_train.py"  # validation score: higher with the rate for lora, lower for bitfit
-    script.write_text(TUNE_TRAIN.replace("val = {", "val = (lr if 'lora' in a else 1 / lr) if lr else {"))
-    monkeypatch.setattr(sweep, "TRAIN", script)
-    out = tmp_path / "study"
-    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--stage", "tune",
-             "--epochs", "1", "--quiet"]
-    assert sweep.main(flags) == 0
-    tuned = json.loads((out / "tuned.json").read_text())
-    # lora: 2e-4, 6e-4, 2e-3, then 2e-3 x 3.33 = 7e-3 and 7e-3 x 3.5 = 2e-2 (one significant digit), and no further
-    assert sorted(map(float, tuned["tried"]["mrpc"]["lora"])) == [2e-4, 6e-4, 2e-3, 7e-3, 2e-2]
-    # bitfit: 3e-4, 1e-3, 3e-3, then downwards 3e-4 / 3.33 = 9e-5 and 9e-5 / 3.33 = 3e-5
-    assert sorted(map(float, tuned["tried"]["mrpc"]["bitfit"])) == [3e-5, 9e-5, 3e-4, 1e-3, 3e-3]
-    assert tuned["chosen"] == {"mrpc": {"bitfit": 3e-5, "lora": 2e-2}}
-    assert "best rate at an edge of those tried: mrpc/bitfit 9e-05, mrpc/lora 0.007" in capsys.readouterr().out
-    calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(calls) == 10
-    assert sweep.main(flags) == 0 and len((tmp_path / "calls.txt").read_text().splitlines()) == 10  # all done
-    assert presets.beyond_edges([presets.Run("mrpc", "full", 1.0, 0, 1, lr=x, tuning=True) for x in (2e-5, 5e-5)],
-                                {"mrpc": {"full": 5e-5}}, presets.PRESETS["cpu"])[0].lr == 1e-4  # 5e-5 x 2.5
-
-
-def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeypatch, capsys):
-    script = tmp_path / "tune_train.py"
-    script.write_text(TUNE_TRAIN)
-    monkeypatch.setattr(sweep, "TRAIN", script)
-    out = tmp_path / "study"
-    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--fracs", "0.5,1",
-             "--seeds", "0,1", "--budget-minutes", "0", "--epochs", "1", "--quiet"]
-    assert sweep.main(flags + ["--stage", "main"]) == 2  # no tuned.json yet: an error, nothing runs
-    assert "run the tuning stage first" in capsys.readouterr().err and not (tmp_path / "calls.txt").exists()
-
-    assert sweep.main(flags) == 0  # tune, then main
-    tuned = json.loads((out / "tuned.json").read_text())
-    # bitfit: 1e-3 and 3e-3 tie on validation, the lower rate wins; lora: 6e-4 is best
-    assert tuned["chosen"] == {"mrpc": {"bitfit": 1e-3, "lora": 6e-4}} and not tuned["missing"]
-    assert tuned["tried"]["mrpc"]["lora"]["0.002"]["val"] == 0.60
-    lines = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(lines) == 6 + 2 * 2 * 2 - 2  # 6 tuning runs; the main grid's seed-0 frac-1 cells are copies
-    assert all(" --lr 0.001 " in x for x in lines[6:] if "bitfit" in x)
-    assert all(" --lr 0.0006 " in x for x in lines[6:] if "lora" in x)
-    assert all(" --amp off" in x for x in lines)  # the cpu preset trains in fp32 on every machine
-    copied = json.loads((out / "mrpc-lora-f1-s0" / "results.json").read_text())
-    assert copied["copied_from"] == "tune/mrpc-lora-f1-s0-lr0.0006" and copied["config"]["lr"] == 6e-4
-    assert sorted(p.name for p in (out / "tune").iterdir())[0] == "mrpc-bitfit-f1-s0-lr0.0003"
-
-    assert sweep.main(flags) == 0  # again: everything is done, nothing runs
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == len(lines)
-    (out / "tuned.json").write_text(json.dumps({"chosen": {"mrpc": {"bitfit": -1, "lora": 6e-4}}}))
-    assert sweep.main(flags + ["--stage", "main"]) == 2
-    assert "rate of mrpc/bitfit is not a positive number" in capsys.readouterr().err
-
-
-def test_rates_from_another_study_skip_the_tuning_stage(tmp_path, monkeypatch, capsys):
-    script = tmp_path / "tune_train.py"
-    script.write_text(TUNE_TRAIN)
-    monkeypatch.setattr(sweep, "TRAIN", script)
-    tuned = tmp_path / "tuned.json"
-    tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3, "lora": 2e-4}}}))
-    out = tmp_path / "longer"
-    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--fracs", "1",
-             "--seeds", "0,1", "--budget-minutes", "0", "--epochs", "12", "--quiet", "--no-report"]
-    assert sweep.main(flags + ["--rates", str(tuned)]) == 0
-    lines = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(lines) == 4 and not (out / "tune").exists() and not (out / "tuned.json").exists()
-    assert all(" --lr 0.003 " in x for x in lines if "bitfit" in x) and all(" --epochs 12 " in x for x in lines)
-    assert all(" --lr 0.0002 " in x for x in lines if "lora" in x)
-    for bad, says in [(["--rates", str(tuned), "--stage", "tune"], "no use with --stage tune"),
-                      (["--rates", str(tmp_path / "none.json")], "none.json: no such file")]:
-        with pytest.raises(SystemExit):
-            sweep.main(flags + bad)
-        assert says in capsys.readouterr().err
-    assert json.loads((out / "rates.json").read_text()) == {"from": str(tuned), "chosen": {"mrpc": {"bitfit": 3e-3,
-                                                                                                "lora": 2e-4}}}
-    tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3}}}))  # lora missing: refused, nothing runs
-    assert sweep.main(flags[:3] + [str(tmp_path / "other")] + flags[4:] + ["--rates", str(tuned)]) == 2
-    assert "no tuned rate for mrpc/lora: its study did not tune them" in capsys.readouterr().err
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 4
-
-
-def test_a_tuning_run_is_copied_into_the_grid_only_with_the_grids_epochs(tmp_path):
-    p = presets.PRESETS["cpu"]
-    source = presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4, tuning=True).directory(tmp_path)
-    source.mkdir(parents=True)
-    (source / "results.json").write_text(json.dumps({"status": "complete", "config": {"epochs": 6, "lr": 2e-4}}))
-    rates = {"mrpc": {"lora": 2e-4}}
-    assert not sweep.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 12, lr=2e-4), rates, p, tmp_path)
-    assert not (tmp_path / "mrpc-lora-f1-s0").exists()
-    assert sweep.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4), rates, p, tmp_path)
-    assert json.loads((tmp_path / "mrpc-lora-f1-s0" / "results.json").read_text())["copied_from"] == \
-        "tune/mrpc-lora-f1-s0-lr0.0002"
 
 
 # --- end to end: the real train.py on the real data -----------------------------------------------------
