@@ -236,6 +236,7 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row))
         del model, trainable  # freed before the next model is measured: peak memory counts one model at a time
+        gc.collect()  # (AdamW's first use leaves a reference cycle through measure's frame)
         if args.compare_hf and method in HF_REFERENCE:  # no adapter, prompt, prefix, (IA)^3 or hybrid reference here
             torch.manual_seed(0)
             ref = hf_model(model_fresh(base), cfg)
@@ -244,7 +245,7 @@ def main(argv=None):
                          **measure(ref, ref_trainable, hf_train, hf_eval, args, device, amp_dtype, is_hf=True)})
             print(json.dumps(rows[-1]))
             del ref, ref_trainable
-        gc.collect()
+            gc.collect()
     result = {"model": args.model, "task": args.task, "batch_size": args.batch_size, "max_length": args.max_length,
               "environment": environment(device, amp_dtype), "rows": rows, "ratios": ratios(rows),
               "padding_fraction": {"bertfit": data.padding_fraction(ours_train), "hf": data.padding_fraction(hf_train)}}

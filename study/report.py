@@ -285,7 +285,7 @@ def report(root) -> Path:
     lines = header(runs, ignored)
     if (root / "rates.json").is_file():  # sweep --rates: another study's tuning stage chose the rates
         source = json.loads((root / "rates.json").read_text()).get("from", "?")
-        lines.insert(-1, f"- rates taken from `{source}` (sweep --rates), not tuned here")
+        lines.insert(-1, f"- rates taken from `{source}` (relative to this folder; sweep --rates), not tuned here")
     lines += tuning
     plots = []
     if fixed:

@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +53,7 @@ RESUMABLE = ("running", "interrupted", "failed")  # stopped early; train.py --re
 # failed one from its last finished epoch, or from the start: the failure may have been the machine's)
 PROTOCOL = ("model", "batch_size", "max_length", "pooling", "amp")  # common flags that change the results
 TUNED = "tuned.json"  # the tuning stage's choice, in the study folder
-RATES_FROM = "rates.json"  # with --rates: the rates this study took, and the file they came from
+RATES_FROM = "rates.json"  # with --rates: the rates this study took, and their file (relative to the study)
 
 def choose_rates(runs: list, out: Path) -> dict:
     """tuned.json's content from the tuning runs: per task x method, each rate's best validation
@@ -198,6 +199,10 @@ def parse_args(argv=None):
         p.error(f"--rates sets the grid's rates; it has no use with {'--stage tune' if preset.tune else f'--grid {args.grid}, which does not tune'}")
     if args.rates and not Path(args.rates).is_file():
         p.error(f"--rates {args.rates}: no such file (a tuning stage's tuned.json)")
+    if args.rates and (Path(args.out) / TUNED).is_file():
+        p.error(f"--rates: {Path(args.out) / TUNED} exists: that study tunes its own rates (another --out)")
+    if not args.rates and preset.tune and (Path(args.out) / RATES_FROM).is_file():
+        p.error(f"{Path(args.out) / RATES_FROM} exists: that study took its rates with --rates; pass the same --rates again")
     args.preset = preset
     # Task and method names are checked by train.py's own lists; imported here, not at the top,
     # so that the grid arithmetic above needs no torch.
@@ -316,10 +321,12 @@ def execute(todo: list, args) -> dict:
 
 
 def write_json_atomic(path: Path, obj: dict):
-    """A JSON file, atomically: a reader never sees half a file."""
+    """A JSON file, atomically: a reader never sees half a file (and shards writing at once, each
+    from its own temporary file, never collide)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
 
 
@@ -368,11 +375,12 @@ def main(argv=None) -> int:
         rates = None
         if p.tune:
             rates, problem = read_tuned(Path(args.rates) if args.rates else out / TUNED, p, own=not args.rates)
-            if problem and not args.dry_run:
+            if problem and not (args.dry_run and not args.rates):  # (a study still tuning can be dry-run)
                 print(f"error: {problem}", file=sys.stderr, flush=True)
                 return 2
-            if args.rates and not args.dry_run:  # where this study's rates came from, beside its runs
-                write_json_atomic(out / RATES_FROM, {"from": str(args.rates), "chosen": rates})
+            if args.rates and not args.dry_run:  # where this study's rates came from, relative to the study
+                source = os.path.relpath(Path(args.rates).resolve(), out.resolve())
+                write_json_atomic(out / RATES_FROM, {"from": Path(source).as_posix(), "chosen": rates})
         code = max(code, run_stage("main", grid(p, rates), args, common, rates))
         if not (args.dry_run or args.no_report or args.shard_n > 1):
             write_report(out)

@@ -11,9 +11,22 @@ from study import bench  # noqa: E402
 
 
 def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir, monkeypatch):
-    calls, warm_up = [], bench.warm_up_batches
-    monkeypatch.setattr(bench, "warm_up_batches", lambda first, timed: calls.append((len(first), len(timed)))
-                        or warm_up(first, timed))
+    calls, used, returned, warm_up = [], [], [], bench.warm_up_batches
+
+    class Batch(dict):  # a warm-up batch that notes when measure() runs it
+        def items(self):
+            used.append(self.tag)
+            return super().items()
+
+    def spy(first, timed):
+        calls.append((len(first), len(timed)))
+        warm = [Batch(b) for b in warm_up(first, timed)]
+        for b in warm:
+            b.tag = len(returned)
+            returned.append(b.tag)
+        return warm
+
+    monkeypatch.setattr(bench, "warm_up_batches", spy)
     out = tmp_path / "bench.json"
     result = bench.main(["--model", "minilm", "--methods", "full", "bitfit", "lora", "--steps", "2", "--warmup", "1",
                          "--max-length", "32", "--compare-hf", "--data-dir", str(glue_dir), "--out", str(out)])
@@ -31,6 +44,7 @@ def test_bench_compares_like_with_like(tmp_path, glue_dir, minilm_dir, monkeypat
     # every measurement (3 ours, 3 references) warmed up on its timed batches' shapes: training, after the
     # 1 --warmup step, before the 2 timed steps; evaluation, on every batch
     assert calls[0::2] == [(1, 2)] * 6 and all(first == 0 and timed > 0 for first, timed in calls[1::2])
+    assert sorted(set(used)) == returned  # and measure() ran every warm-up batch it was given
 
 
 def test_ratios_compare_a_method_measured_twice_by_its_first_row():

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import precision
+import runinfo
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +54,12 @@ def test_run_writes_results_and_is_reproducible(tmp_path, glue_dir):
     again, _ = run(tmp_path, glue_dir, "--epochs", "2", "--eval-every", "2", name="again")
     assert [e["val"] for e in again["epochs"]] == [e["val"] for e in results["epochs"]]
     assert [e["test"] for e in again["epochs"]] == [e["test"] for e in results["epochs"]]
+
+
+def test_environment_records_whether_the_cpu_has_bf16(monkeypatch):
+    for flag in (True, False):
+        monkeypatch.setattr(runinfo, "cpu_has_bf16", lambda: flag)
+        assert runinfo.environment(torch.device("cpu"), None)["cpu_bf16"] is flag
 
 
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, glue_dir, monkeypatch):

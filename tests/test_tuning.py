@@ -84,23 +84,36 @@ def test_rates_from_another_study_skip_the_tuning_stage(tmp_path, monkeypatch, c
     tuned = tmp_path / "tuned.json"
     tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3, "lora": 2e-4}}}))
     out = tmp_path / "longer"
+    # a finished run under tune/ with the grid's epochs at bitfit's rate: --rates never copies it
+    kept = presets.Run("mrpc", "bitfit", 1.0, 0, 12, lr=3e-3, tuning=True).directory(out)
+    kept.mkdir(parents=True)
+    (kept / "results.json").write_text(json.dumps({"status": "complete", "config": {"epochs": 12, "lr": 3e-3}}))
     flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--fracs", "1",
              "--seeds", "0,1", "--budget-minutes", "0", "--epochs", "12", "--quiet", "--no-report"]
+    assert sweep.main(flags + ["--rates", str(tuned), "--dry-run"]) == 0 and not (out / "rates.json").exists()
     assert sweep.main(flags + ["--rates", str(tuned)]) == 0
     lines = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(lines) == 4 and not (out / "tune").exists() and not (out / "tuned.json").exists()
+    assert len(lines) == 4 and not (out / "tuned.json").exists()
+    assert "copied_from" not in json.loads((out / "mrpc-bitfit-f1-s0" / "results.json").read_text())
     assert all(" --lr 0.003 " in x for x in lines if "bitfit" in x) and all(" --epochs 12 " in x for x in lines)
     assert all(" --lr 0.0002 " in x for x in lines if "lora" in x)
+    # the source, relative to the study folder, so that it reads the same from anywhere
+    assert json.loads((out / "rates.json").read_text()) == {"from": "../tuned.json",
+                                                            "chosen": {"mrpc": {"bitfit": 3e-3, "lora": 2e-4}}}
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "tuned.json").write_text(tuned.read_text())
     for bad, says in [(["--rates", str(tuned), "--stage", "tune"], "no use with --stage tune"),
-                      (["--rates", str(tmp_path / "none.json")], "none.json: no such file")]:
+                      (["--rates", str(tmp_path / "none.json")], "none.json: no such file"),
+                      ([], "took its rates with --rates; pass the same --rates again"),  # not a study that tunes
+                      (["--out", str(tmp_path / "own"), "--rates", str(tuned)], "that study tunes its own rates")]:
         with pytest.raises(SystemExit):
             sweep.main(flags + bad)
         assert says in capsys.readouterr().err
-    assert json.loads((out / "rates.json").read_text()) == {"from": str(tuned), "chosen": {"mrpc": {"bitfit": 3e-3,
-                                                                                                "lora": 2e-4}}}
     tuned.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 3e-3}}}))  # lora missing: refused, nothing runs
-    assert sweep.main(flags[:3] + [str(tmp_path / "other")] + flags[4:] + ["--rates", str(tuned)]) == 2
-    assert "no tuned rate for mrpc/lora: its study did not tune them" in capsys.readouterr().err
+    other = flags[:3] + [str(tmp_path / "other")] + flags[4:] + ["--rates", str(tuned)]
+    for dry in ([], ["--dry-run"]):
+        assert sweep.main(other + dry) == 2
+        assert "no tuned rate for mrpc/lora: its study did not tune them" in capsys.readouterr().err
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 4
 
 
