@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128, help="tokens per example after truncation")
     p.add_argument("--steps", type=int, default=30,
                    help="measured training steps per method (more than an epoch has: the whole epoch)")
-    p.add_argument("--warmup", type=int, default=3, help="training steps run first and left out of the timing (then, untimed, one of each batch shape they lack)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="training steps run first and left out of the timing (then, untimed, one of each batch "
+                        "shape they lack)")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="autocast precision (fp16: with a GradScaler, CUDA only)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -16,8 +16,7 @@ Two stages, both run by one command (`--stage all`, the default):
   main  the grid below, every run at its task x method's rate from tuned.json. Its first-seed run on
         all the data is the tuning run at the chosen rate (the same configuration), copied, not re-run.
 A preset with tune=False (smoke) skips the first stage and uses train.py's default rates.
-`--rates PATH` skips it too and takes the grid's rates from another study's tuned.json: a variant of
-a study (more epochs, other fractions) at that study's rates.
+`--rates PATH` skips it too, for a variant of a study at that study's tuned.json rates.
 
 The grids themselves (presets, runs, directories) are study/presets.py. Flags after `--` go to every
 train.py unchanged.
@@ -195,14 +194,8 @@ def parse_args(argv=None):
     args.shard_i, args.shard_n = i, n
     if args.jobs < 1:
         p.error(f"--jobs must be an integer >= 1, got {args.jobs}")
-    if args.rates and (args.stage == "tune" or not preset.tune):
-        p.error(f"--rates sets the grid's rates; it has no use with {'--stage tune' if preset.tune else f'--grid {args.grid}, which does not tune'}")
-    if args.rates and not Path(args.rates).is_file():
-        p.error(f"--rates {args.rates}: no such file (a tuning stage's tuned.json)")
-    if args.rates and (Path(args.out) / TUNED).is_file():
-        p.error(f"--rates: {Path(args.out) / TUNED} exists: that study tunes its own rates (another --out)")
-    if not args.rates and preset.tune and (Path(args.out) / RATES_FROM).is_file():
-        p.error(f"{Path(args.out) / RATES_FROM} exists: that study took its rates with --rates; pass the same --rates again")
+    for problem in rates_problems(args, preset)[:1]:
+        p.error(problem)
     args.preset = preset
     # Task and method names are checked by train.py's own lists; imported here, not at the top,
     # so that the grid arithmetic above needs no torch.
@@ -217,6 +210,19 @@ def parse_args(argv=None):
     # hybrids by their canonical name, the one train.py uses: lora+bitfit and bitfit+lora are one configuration
     args.preset = replace(preset, methods=tuple(dict.fromkeys(adapters.canonical_method(m) for m in preset.methods)))
     return args
+
+
+def rates_problems(args, preset: Preset) -> list:
+    """A study tunes its own rates (tuned.json) or takes another's (--rates, rates.json), never both."""
+    out, given = Path(args.out), args.rates
+    problems = [
+        given and (args.stage == "tune" or not preset.tune) and "--rates sets the grid's rates: it has no use "
+        + ("with --stage tune" if preset.tune else f"with --grid {args.grid}, which does not tune"),
+        given and not Path(given).is_file() and f"--rates {given}: no such file (a tuning stage's tuned.json)",
+        given and (out / TUNED).is_file() and f"--rates: {out / TUNED} exists: that study tunes its own rates",
+        not given and preset.tune and (out / RATES_FROM).is_file()
+        and f"{out / RATES_FROM} exists: that study took its rates with --rates; pass the same --rates again"]
+    return [x for x in problems if x]
 
 
 def value_problems(args, preset: Preset) -> list:
@@ -321,8 +327,7 @@ def execute(todo: list, args) -> dict:
 
 
 def write_json_atomic(path: Path, obj: dict):
-    """A JSON file, atomically: a reader never sees half a file (and shards writing at once, each
-    from its own temporary file, never collide)."""
+    """A JSON file, atomically (a reader never sees half of it), through a temporary file of its own."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     with os.fdopen(fd, "w") as f:

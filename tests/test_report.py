@@ -108,8 +108,8 @@ def test_a_study_made_with_another_studys_rates_says_so(synthetic):
     assert "rates taken from" not in report.report(synthetic).read_text()
     (synthetic / "rates.json").write_text(json.dumps({"from": "results/a/tuned.json", "chosen": {}}))
     text = report.report(synthetic).read_text()
-    assert "- rates taken from `results/a/tuned.json` (relative to this folder; sweep --rates), not tuned here\n- compute:" not in text
-    assert "- rates taken from `results/a/tuned.json` (relative to this folder; sweep --rates), not tuned here\n\n## Learning rates" in text
+    line = "- rates taken from `results/a/tuned.json` (relative to this folder; sweep --rates), not tuned here\n"
+    assert line + "\n## Learning rates" in text  # the header's last line, before the tuning table
 
 
 def test_rates_tuned_per_task_are_listed_per_task():
