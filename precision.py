@@ -25,15 +25,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86's AVX512-BF16 and AMX; Arm's FEAT_BF16 ("bf16")
+
+
 def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU advertises bf16 instructions (AVX512-BF16 or AMX). Linux lists them in
-    /proc/cpuinfo; where that file does not exist or cannot be read (macOS, Windows) there is no
-    detection: False, and --amp auto runs fp32."""
+    """Whether the CPU advertises bf16 instructions. Linux lists them in /proc/cpuinfo, on the
+    "flags" lines on x86 and the "Features" lines on Arm; where that file does not exist or cannot
+    be read (macOS, Windows) there is no detection: False, and --amp auto runs fp32."""
     try:
-        flags = Path(cpuinfo).read_text()
+        lines = Path(cpuinfo).read_text().splitlines()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    listed = {flag for line in lines if line.split(":")[0].strip() in ("flags", "Features")
+              for flag in line.partition(":")[2].split()}
+    return bool(listed & BF16_FLAGS)
 
 
 def pick_amp(amp: str, device: torch.device):

@@ -55,7 +55,7 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device, amp_dtype, world_size: int = 1) -> dict:
-    """What a run's numbers came from. On a CPU, cpu_bf16 says whether it advertises the x86 bf16
+    """What a run's numbers came from. On a CPU, cpu_bf16 says whether it advertises the bf16
     instructions that --amp auto looks for (precision.cpu_has_bf16): two machines with the same model
     name can differ in them, and in speed."""
     return {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),

@@ -111,13 +111,19 @@ def test_help_documents_every_flag_with_its_default(parser):
     assert "joined by " in method.help and "+" in method.help and "bitfit+lora" in text
 
 
-# --- 7. --amp auto without /proc/cpuinfo --------------------------------------------------------------------
+# --- 7. --amp auto: bf16 from /proc/cpuinfo ------------------------------------------------------------------
 
 def test_bf16_detection_without_cpuinfo_is_off(tmp_path):
     assert cpu_has_bf16(tmp_path / "no-such-file") is False
     (tmp_path / "cpuinfo").write_text("flags\t: fpu sse2 avx512f amx_bf16\n")
     assert cpu_has_bf16(tmp_path / "cpuinfo") is True
     (tmp_path / "cpuinfo").write_text("flags\t: fpu sse2\n")
+    assert cpu_has_bf16(tmp_path / "cpuinfo") is False
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd sve svebf16 bf16 i8mm\n")  # Graviton3
+    assert cpu_has_bf16(tmp_path / "cpuinfo") is True
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32\n")  # Graviton2
+    assert cpu_has_bf16(tmp_path / "cpuinfo") is False
+    (tmp_path / "cpuinfo").write_text("model name\t: a bf16 chip\nflags\t: fpu sse2\n")  # a name is not a flag
     assert cpu_has_bf16(tmp_path / "cpuinfo") is False
 
 
