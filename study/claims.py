@@ -128,6 +128,14 @@ def verdict(t_low, t_high, boot) -> str:
     return "not distinguishable"
 
 
+def bootstrap_verdict(boot) -> str:
+    """A one-seed comparison (the time-budget runs): the verdict of the test-example bootstrap alone,
+    which knows nothing of how much another seed would move either run."""
+    if boot is None:
+        return "no predictions saved"
+    return "better" if boot[0] > 0 else "worse" if boot[1] < 0 else "not distinguishable"
+
+
 def interval(low, high) -> str:
     return "–" if low is None else f"[{low:+.2f}, {high:+.2f}]"
 

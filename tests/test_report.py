@@ -1,6 +1,7 @@
 """report.py's tables (and runs.py's summaries) checked against numbers worked out by hand on
 synthetic results files."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,24 @@ def test_report_without_finished_runs_is_an_error(tmp_path):
     write(tmp_path / "tune", tuned, "mrpc-lora-f1-s0-lr0.0002")
     text = report.report(tmp_path).read_text()
     assert "No run of the grid has finished yet" in text and "| mrpc | lora | 0.0002: 70.00 (1) | – |" in text
+
+
+def test_budget_runs_are_compared_with_full_by_the_test_bootstrap(tmp_path):
+    labels = [1] * 60 + [0] * 40
+    full = [1] * 40 + [0] * 60  # 40 of 60 positives found: F1 80/100 = 0.80; on a resample, about 0.80 ± 0.04
+    for method, predictions, test in (("full", full, 0.8), ("bitfit", labels, 1.0), ("lora", full, 0.8)):
+        r = fake_results("mrpc", method, 1.0, 0, [0.5, 0.9], [0.5, test], budget=10.0)
+        r["best"]["test_predictions"], r["test_labels"] = predictions, labels
+        write(tmp_path, r)
+    write(tmp_path, fake_results("mrpc", "adapter", 1.0, 0, [0.9], [0.7], budget=10.0))  # no predictions saved
+    for seed, (f, b) in enumerate([(0.85, 0.80), (0.87, 0.84), (0.86, 0.82)]):  # fixed epochs: -5, -3, -4
+        write(tmp_path, fake_results("mrpc", "full", 1.0, seed, [0.9], [f]))
+        write(tmp_path, fake_results("mrpc", "bitfit", 1.0, seed, [0.9], [b]))
+    text = report.report(tmp_path).read_text()
+    section = text.split("### Against full fine-tuning, under the budget")[1]
+    # bitfit is right wherever full is: every resample scores it higher (1 - 0.80 ± 0.04, x 100)
+    low, high = map(float, re.search(r"\| mrpc \| bitfit \| \+20\.00 \| \[\+(\S+), \+(\S+)\] \| better \| "
+                                     r"-4\.00 \| worse \|", section).groups())
+    assert 10 < low < 20 < high < 30
+    assert "| mrpc | lora | +0.00 | [+0.00, +0.00] | not distinguishable | – | – |" in section
+    assert "| mrpc | adapter | -10.00 | – | no predictions saved | – | – |" in section
