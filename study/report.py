@@ -7,7 +7,8 @@ them. Every number comes from those files. Scores are the task's headline metric
 set; "@best" is the epoch with the best validation score, "@last" the final epoch. Spread over
 seeds is the sample standard deviation (n - 1). Runs under tune/ are the tuning stage's (study/sweep.py):
 they make the learning-rate table, not the grid's. Each method's difference to full fine-tuning
-comes with its intervals (study/claims.py), under the time budget too (one seed: the bootstrap alone). A hand-written ANALYSIS.md in the directory is included verbatim.
+comes with its intervals (study/claims.py), under the time budget too (one seed: the bootstrap
+alone). A hand-written ANALYSIS.md in the directory is included verbatim.
 """
 import json
 import math
