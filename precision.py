@@ -36,8 +36,8 @@ def cpu_has_bf16(cpuinfo=Path("/proc/cpuinfo")) -> bool:
         lines = Path(cpuinfo).read_text().splitlines()
     except OSError:
         return False
-    listed = {flag for line in lines if line.split(":")[0].strip() in ("flags", "Features")
-              for flag in line.partition(":")[2].split()}
+    fields = (line.partition(":") for line in lines)
+    listed = {flag for key, _, value in fields if key.strip() in ("flags", "Features") for flag in value.split()}
     return bool(listed & BF16_FLAGS)
 
 

@@ -1,6 +1,6 @@
 """Two studies of one protocol side by side: the same configurations, run twice (on two machines, say).
 
-  python -m study.compare results/cpu-minilm-tuned results/gpu-minilm-tuned > results/cpu-vs-gpu.md
+  python -m study.compare results/cpu-minilm-tuned results/gpu-minilm-tuned
 
 A finished run of study A and one of study B are *the same configuration* when their train.py
 configs agree on every field that can change a result (task, method, fraction, seed, rate, epochs,
@@ -11,14 +11,14 @@ between the CPU and CUDA, and so do the kernels), so a pair is in effect two see
 configuration, and the differences measure how far a result can move by chance alone.
 
 Printed, as Markdown, scores x 100 (report.py's units):
-  - per stage (tuning runs under tune/, grid runs): the number of pairs and the mean and largest
-    absolute difference of the best validation score (what the tuning stage chooses by) and of the
-    test score at that epoch;
+  - per stage (tuning runs under tune/; grid runs, less those copied from the tuning stage, which
+    are counted there): the number of pairs and the mean, median and largest absolute difference of
+    the best validation score (what the tuning stage chooses by) and of the test score at that epoch;
   - the rates each study's tuned.json chose, where they differ;
-  - per grid cell (task x method x fraction): the test score @best, mean over the seeds both ran,
-    in A and B, and B - A with its 95% t interval over those seeds (claims.t_interval); "differs"
-    only where the interval leaves out zero. With no systematic difference about 1 cell in 20
-    differs by chance.
+  - per grid cell (task x method x fraction, copies included): the test score @best, mean over the
+    seeds both ran, in A and B, and B - A with its 95% t interval over those seeds
+    (claims.t_interval); "differs" only where the interval leaves out zero. With no systematic
+    difference about 1 cell in 20 differs by chance.
 """
 import json
 import statistics
@@ -26,8 +26,7 @@ import sys
 from pathlib import Path
 
 from study import claims
-from study.report import table
-from study.runs import METHODS, TASKS, group, load, rank
+from study.runs import METHODS, TASKS, group, load, rank, table
 
 IGNORED = ("out", "data_dir", "device", "eval_batch_size", "compile", "audit", "resume", "overwrite", "debug")
 
@@ -46,13 +45,21 @@ def scores(r) -> tuple:
     return 100 * r["best"]["val"][m], 100 * r["best"]["test"][m]
 
 
+def finished(root: Path, tuning: bool) -> list:
+    """A study's finished runs of one stage, the time-budget runs left out."""
+    return [r for r in load(root, tuning)[0] if not r["config"].get("time_budget")]
+
+
 def pairs(a: Path, b: Path, tuning: bool) -> tuple:
-    """-> ([(run of A, run of B)] of the same configuration, runs of A unpaired, runs of B unpaired),
-    budget runs left out."""
-    runs_a, runs_b = ([r for r in load(root, tuning)[0] if not r["config"].get("time_budget")] for root in (a, b))
+    """-> ([(run of A, run of B)] of the same configuration, runs of A unpaired, runs of B unpaired)."""
+    runs_a, runs_b = finished(a, tuning), finished(b, tuning)
     by_config = {configuration(r): r for r in runs_b}
     paired = [(r, by_config[configuration(r)]) for r in runs_a if configuration(r) in by_config]
     return paired, len(runs_a) - len(paired), len(runs_b) - len(paired)
+
+
+def spread(xs) -> str:
+    return f"{statistics.mean(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}"
 
 
 def stage_row(name, paired, only_a, only_b) -> list:
@@ -60,7 +67,6 @@ def stage_row(name, paired, only_a, only_b) -> list:
         return [name, 0, only_a, only_b, "–", "–"]
     val, test = ([abs(scores(rb)[i] - scores(ra)[i]) for ra, rb in paired] for i in (0, 1))
     worst = max(paired, key=lambda p: abs(scores(p[1])[0] - scores(p[0])[0]))[0]
-    spread = lambda xs: f"{statistics.mean(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}"  # noqa: E731
     return [name, len(paired), only_a, only_b, f"{spread(val)} ({worst['dir']})", spread(test)]
 
 
@@ -74,12 +80,17 @@ def choices(a: Path, b: Path) -> list:
     ca, cb = chosen(a), chosen(b)
     keys = sorted({(t, m) for t in ca for m in ca[t] if m in cb.get(t, {})},
                   key=lambda k: (rank(k[0], TASKS), rank(k[1], METHODS)))
+    lines = ["## Rates chosen", ""]
     if not keys:
-        return []
+        return lines + ["No task x method has a rate chosen in both studies' tuned.json.", ""]
     differ = [[t, m, f"{ca[t][m]:g}", f"{cb[t][m]:g}"] for t, m in keys if ca[t][m] != cb[t][m]]
-    lines = ["## Rates chosen", "", f"The tuning stages (tuned.json) chose the same rate in {len(keys) - len(differ)} "
-             f"of the {len(keys)} task x method pairs both chose for" + ("; these differ:" if differ else "."), ""]
+    lines += [f"The tuning stages (tuned.json) chose the same rate in {len(keys) - len(differ)} of the "
+              f"{len(keys)} task x method pairs both chose for" + ("; these differ:" if differ else "."), ""]
     return lines + (table(["task", "method", "A", "B"], differ) if differ else [])
+
+
+def cell_verdict(low, high) -> str:
+    return "one seed" if low is None else "differs" if low > 0 or high < 0 else "not distinguishable"
 
 
 def cells(paired) -> list:
@@ -92,30 +103,40 @@ def cells(paired) -> list:
     return sorted(rows, key=lambda c: (rank(c[0], TASKS), rank(c[1], METHODS), c[2]))
 
 
+def cell_table(rows) -> list:
+    verdicts = [cell_verdict(c[7], c[8]) for c in rows]
+    tested = len(rows) - verdicts.count("one seed")
+    lines = ["## Grid cells", "", "Test score @best, mean over the seeds both studies ran; B − A with its 95% t "
+             f"interval over those seeds. {verdicts.count('differs')} of the {tested} cells with two seeds or more "
+             f"differ (the interval leaves out zero); {len(rows) - tested} cells have one seed, which has none.", ""]
+    return lines + table(["task", "method", "frac", "seeds", "A", "B", "B − A", "95% t (seeds)", "verdict"],
+                         [[t, m, f"{f:g}", n, f"{x:.2f}", f"{y:.2f}", f"{d:+.2f}", claims.interval(lo, hi), v]
+                          for (t, m, f, n, x, y, d, lo, hi), v in zip(rows, verdicts)])
+
+
+def devices(paired, i) -> str:
+    return ", ".join(sorted({p[i]["environment"]["device_name"] for p in paired}))
+
+
 def compare(a: Path, b: Path) -> str:
     tune, grid = pairs(a, b, tuning=True), pairs(a, b, tuning=False)
     if not tune[0] and not grid[0]:
-        raise SystemExit(f"{a} and {b}: no finished run of one has the configuration of a run of the other")
-    devices = lambda ps, i: ", ".join(sorted({p[i]["environment"]["device_name"] for p in ps}))  # noqa: E731
+        counts = "; ".join(f"{root}: {len(finished(root, True)) + len(finished(root, False))} finished runs"
+                           for root in (a, b))
+        raise SystemExit(f"no finished run of one study has the configuration of a run of the other ({counts})")
+    trained = [p for p in grid[0] if "copied_from" not in p[0] and "copied_from" not in p[1]]
+    copies = len(grid[0]) - len(trained)
     both = tune[0] + grid[0]
     lines = ["# The same configurations in two studies", "", f"- A: `{a}` ({devices(both, 0)})",
              f"- B: `{b}` ({devices(both, 1)})", "", "Scores x 100; *only A / only B*: finished runs with no "
              "counterpart (time-budget runs are never paired). Differences are absolute: mean / median / largest "
-             "(the run of A where the validation difference is largest).", ""]
+             f"(the run of A where the validation difference is largest). The grid row leaves out {copies} pairs "
+             "in which a run was copied from its tuning stage (counted in the tuning row).", ""]
     lines += table(["stage", "pairs", "only A", "only B", "B − A, absolute: best validation", "test @best"],
-                   [stage_row("tuning", *tune), stage_row("grid", *grid)])
+                   [stage_row("tuning", *tune), stage_row("grid", trained, grid[1], grid[2])])
     lines += choices(a, b)
     rows = cells(grid[0])
-    if rows:
-        differ = sum(1 for c in rows if c[7] is not None and (c[7] > 0 or c[8] < 0))
-        lines += ["## Grid cells", "", "Test score @best, mean over the seeds both studies ran; B − A with its 95% "
-                  f"t interval over those seeds. {differ} of {len(rows)} cells differ (the interval leaves out "
-                  "zero).", ""]
-        lines += table(["task", "method", "frac", "seeds", "A", "B", "B − A", "95% t (seeds)", "verdict"],
-                       [[t, m, f"{f:g}", n, f"{x:.2f}", f"{y:.2f}", f"{d:+.2f}", claims.interval(lo, hi),
-                         "–" if lo is None else "differs" if lo > 0 or hi < 0 else "not distinguishable"]
-                        for t, m, f, n, x, y, d, lo, hi in rows])
-    return "\n".join(lines)
+    return "\n".join(lines + (cell_table(rows) if rows else []))
 
 
 if __name__ == "__main__":

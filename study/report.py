@@ -19,12 +19,7 @@ from pathlib import Path
 from study import claims
 from study.plots import plot_cost, plot_differences, plot_epochs, plot_fractions, plot_time
 from study.runs import METHODS, METRIC_LABEL, TASKS, fmt, group, is_budget, largest_fraction, load, mean_std, \
-    ordered, rank, summarize, task_method_key, values
-
-
-def table(header, rows) -> list:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+    ordered, rank, summarize, table, task_method_key, values
 
 
 def listing(xs, axis=False) -> str:
@@ -271,8 +266,9 @@ def budget_table(budget) -> list:
 
 
 def budget_comparison(budget, diffs) -> list:
-    """Each method against full fine-tuning under the time budget (one seed: the bootstrap over test
-    examples is the only interval), beside the same difference after the grid's fixed epochs."""
+    """Each method against full fine-tuning under the time budget (one seed, as the presets run it: the
+    bootstrap over test examples is the only interval), beside the same difference after the grid's
+    fixed epochs. A budget cell with more seeds gets claims.verdict, both intervals."""
     budget_diffs = claims.cell_differences(budget)
     if not budget_diffs:
         return []
@@ -287,7 +283,8 @@ def budget_comparison(budget, diffs) -> list:
     for d in sorted(budget_diffs, key=lambda d: (rank(d["task"], TASKS), rank(d["method"], METHODS))):
         e = epochs.get((d["task"], d["method"]))
         rows.append([d["task"], d["method"], f"{d['mean']:+.2f}", claims.interval(*(d["boot"] or (None, None))),
-                     claims.bootstrap_verdict(d["boot"]), "–" if e is None else f"{e['mean']:+.2f}",
+                     d["verdict"] if len(d["seeds"]) > 1 else claims.bootstrap_verdict(d["boot"]),
+                     "–" if e is None else f"{e['mean']:+.2f}",
                      "–" if e is None else e["verdict"]])
     return lines + table(["task", "method", "budget: − full", "95% bootstrap (test)", "budget verdict",
                           "fixed epochs: − full", "fixed-epoch verdict"], rows)

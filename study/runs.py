@@ -128,6 +128,12 @@ def task_method_key(kv):
     return rank(task, TASKS), rank(method, METHODS)
 
 
+def table(header, rows) -> list:
+    """A Markdown table's lines, and a blank line after it."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
 def largest_fraction(fixed) -> dict:
     """(task, method) -> the runs at that cell's largest fraction (1.0 in a full grid)."""
     out = {}

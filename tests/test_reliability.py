@@ -113,7 +113,7 @@ def test_help_documents_every_flag_with_its_default(parser):
 
 # --- 7. --amp auto: bf16 from /proc/cpuinfo ------------------------------------------------------------------
 
-def test_bf16_detection_without_cpuinfo_is_off(tmp_path):
+def test_bf16_detection_reads_flag_tokens_and_is_off_without_cpuinfo(tmp_path):
     assert cpu_has_bf16(tmp_path / "no-such-file") is False
     (tmp_path / "cpuinfo").write_text("flags\t: fpu sse2 avx512f amx_bf16\n")
     assert cpu_has_bf16(tmp_path / "cpuinfo") is True

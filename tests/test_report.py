@@ -153,7 +153,9 @@ def test_report_without_finished_runs_is_an_error(tmp_path):
 def test_budget_runs_are_compared_with_full_by_the_test_bootstrap(tmp_path):
     labels = [1] * 60 + [0] * 40
     full = [1] * 40 + [0] * 60  # 40 of 60 positives found: F1 80/100 = 0.80; on a resample, about 0.80 ± 0.04
-    for method, predictions, test in (("full", full, 0.8), ("bitfit", labels, 1.0), ("lora", full, 0.8)):
+    worse = [1] * 30 + [0] * 70  # 30 of 60 found: F1 60/90 = 0.667, below full's 0.80 on every resample
+    for method, predictions, test in (("full", full, 0.8), ("bitfit", labels, 1.0), ("lora", full, 0.8),
+                                      ("ia3", worse, 0.667)):
         r = fake_results("mrpc", method, 1.0, 0, [0.5, 0.9], [0.5, test], budget=10.0)
         r["best"]["test_predictions"], r["test_labels"] = predictions, labels
         write(tmp_path, r)
@@ -161,6 +163,9 @@ def test_budget_runs_are_compared_with_full_by_the_test_bootstrap(tmp_path):
     for seed, (f, b) in enumerate([(0.85, 0.80), (0.87, 0.84), (0.86, 0.82)]):  # fixed epochs: -5, -3, -4
         write(tmp_path, fake_results("mrpc", "full", 1.0, seed, [0.9], [f]))
         write(tmp_path, fake_results("mrpc", "bitfit", 1.0, seed, [0.9], [b]))
+        # at frac 0.5: +5, not the budget's peer (read after frac 1, so it would win a lookup that ignored frac)
+        write(tmp_path, fake_results("mrpc", "full", 0.5, seed, [0.9], [f]), f"z-full-f0.5-s{seed}")
+        write(tmp_path, fake_results("mrpc", "bitfit", 0.5, seed, [0.9], [f + 0.05]), f"z-bitfit-f0.5-s{seed}")
     text = report.report(tmp_path).read_text()
     section = text.split("### Against full fine-tuning, under the budget")[1]
     # bitfit is right wherever full is: every resample scores it higher (1 - 0.80 ± 0.04, x 100)
@@ -169,3 +174,4 @@ def test_budget_runs_are_compared_with_full_by_the_test_bootstrap(tmp_path):
     assert 10 < low < 20 < high < 30
     assert "| mrpc | lora | +0.00 | [+0.00, +0.00] | not distinguishable | – | – |" in section
     assert "| mrpc | adapter | -10.00 | – | no predictions saved | – | – |" in section
+    assert re.search(r"\| mrpc \| ia3 \| -13\.30 \| \[-\S+, -\S+\] \| worse \| – \| – \|", section)
