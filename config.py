@@ -211,7 +211,7 @@ def check_positions(cfg: TrainConfig, max_positions: int):
     plus the virtual tokens of prompt tuning (prefixes take no positions). Needs the model's config."""
     prompt = cfg.options.prompt_length if "prompt" in adapters.method_parts(cfg.method) else 0
     if cfg.max_length + prompt > max_positions:
-        what = f"--max-length {cfg.max_length} + --prompt-length {prompt}" if prompt else f"--max-length {cfg.max_length}"
+        what = f"--max-length {cfg.max_length}" + (f" + --prompt-length {prompt}" if prompt else "")
         raise ValueError(f"{what} > the {max_positions} positions of --model {cfg.model}: "
                          f"shorten {'--max-length or --prompt-length' if prompt else '--max-length'}")
 

@@ -43,7 +43,8 @@ def wrap(model, device):
     """DDP over the trainable parameters (frozen ones have requires_grad False and are skipped)."""
     if world_size() == 1:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,8 @@ def describe(task, logits: np.ndarray) -> str:
     """'equivalent (1) | not_equivalent 0.1022  equivalent 0.8978', or 'score 3.412 (clipped to [0, 5])'."""
     if task.is_regression:
         low, high = task.score_range
-        return f"score {float(np.clip(logits[0], low, high)):.3f} (raw {float(logits[0]):.3f}, GLUE's range [{low:g}, {high:g}])"
+        raw = float(logits[0])
+        return f"score {float(np.clip(raw, low, high)):.3f} (raw {raw:.3f}, GLUE's range [{low:g}, {high:g}])"
     probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
     best = int(probs.argmax())
     return f"{task.label_names[best]} ({best}) | " + "  ".join(f"{n} {p:.4f}" for n, p in zip(task.label_names, probs))

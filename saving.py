@@ -124,7 +124,8 @@ def save_trainable(model: nn.Module, trainable: list, cfg: MethodConfig, path, m
                          "(after merge_prefix, pass trainable_params(model))")
     prefix = model.bert.encoder.prefix
     tensors = {n: p.detach().cpu().contiguous() for n, p in trainable}
-    header = {"format": FORMAT, "tensor_digest": tensor_digest(tensors), "method": cfg.method, "method_config": json.dumps(asdict(cfg)), "base_model": str(base),
+    header = {"format": FORMAT, "tensor_digest": tensor_digest(tensors), "method": cfg.method,
+              "method_config": json.dumps(asdict(cfg)), "base_model": str(base),
               "task": str(meta.get("task", "")), "num_labels": str(model.config.num_labels),
               "pooling": model.config.pooling, "frozen_digest": fingerprint_digest(fingerprint(model)),
               "prefix_merged": str(prefix is not None and prefix.merged), "meta": json.dumps(meta)}

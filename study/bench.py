@@ -9,9 +9,10 @@ batches), peak memory (CUDA), trainable parameters and optimizer-state bytes. Ra
 our own full fine-tuning come from the same run, on the same machine.
 
 --compare-hf runs the same measurement on transformers' BertForSequenceClassification (peft for
-LoRA) with the same weights, batch size and dtype, for the methods in HF_REFERENCE. The reference gets its usual data pipeline:
-random batches padded to their longest sequence (DataCollatorWithPadding); ours gets
-length-bucketed batches. Both see the same examples; throughput counts real tokens only.
+LoRA) with the same weights, batch size and dtype, for the methods in HF_REFERENCE. The reference
+gets its usual data pipeline: random batches padded to their longest sequence
+(DataCollatorWithPadding); ours gets length-bucketed batches. Both see the same examples;
+throughput counts real tokens only.
 --model bert-base-random builds BERT-base's config with random weights: speed only.
 """
 import argparse
@@ -161,14 +162,18 @@ def mfu(row, config, device, seq_len):
         return None
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    return None if peak is None else 3 * encoder_flops_per_token(config, seq_len) * row["train_tokens_per_second"] / (peak * 1e12)
+    if peak is None:
+        return None
+    return 3 * encoder_flops_per_token(config, seq_len) * row["train_tokens_per_second"] / (peak * 1e12)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends '(default: X)' to every flag's help, except where the help says what '' means and for switches."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is False or action.default in ("", None) else super()._get_help_string(action)
+        if action.default is False or action.default in ("", None):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +299,8 @@ def print_table(result):
               f"{r['trainable']:11,d} {r['optimizer_state_bytes'] / 2**20:9.1f} {mfu_}")
     for k, v in result["ratios"].items():
         print(f"  {k}: {v:.2f}")
-    print(f"  padding fraction: bertfit {result['padding_fraction']['bertfit']:.3f}, hf {result['padding_fraction']['hf']:.3f}")
+    padding = result["padding_fraction"]
+    print(f"  padding fraction: bertfit {padding['bertfit']:.3f}, hf {padding['hf']:.3f}")
 
 
 if __name__ == "__main__":

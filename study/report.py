@@ -311,7 +311,8 @@ def report(root) -> Path:
     plots = []
     diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the tables and the plot
     if fixed:
-        lines += main_tables(fixed) + comparison(diffs) + levelling(fixed) + stability(fixed) + spread(fixed) + efficiency(fixed)
+        lines += main_tables(fixed) + comparison(diffs) + levelling(fixed)
+        lines += stability(fixed) + spread(fixed) + efficiency(fixed)
         plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
                   ("cost.png", plot_cost, fixed)]
         if diffs:
