@@ -88,16 +88,41 @@ def paired_bootstrap(pairs, labels, metric: str, samples=BOOTSTRAP_SAMPLES, seed
     return float(low), float(high)
 
 
+# What every run of one comparison shares besides task and fraction: the config fields that change a
+# score and are not the method's own (its rate, adapter size, ...). Runs that differ in one are not
+# paired: a 3-epoch method against 6-epoch full fine-tuning would compare protocols, not methods.
+PROTOCOL = ("epochs", "time_budget", "batch_size", "max_length", "warmup", "weight_decay", "grad_clip", "amp")
+
+
+def protocol(r) -> tuple:
+    """The run's protocol, with the model and the pooling it resolved to (results "model", "pooling")."""
+    return (r.get("model"), r.get("pooling")) + tuple(r["config"].get(k) for k in PROTOCOL)
+
+
+def cells_by_seed(runs: list) -> dict:
+    """(task, frac, method, protocol) -> seed -> run: the cells whose runs can be paired."""
+    cells = defaultdict(dict)
+    for r in runs:
+        cells[(r["task"], r["frac"], r["method"], protocol(r))][r["seed"]] = r
+    return cells
+
+
+def unpaired(runs: list) -> list:
+    """[(task, frac, method)] of the cells no comparison holds: no full fine-tuning run of the same
+    task, fraction and protocol, or none with a seed in common."""
+    cells = cells_by_seed(runs)
+    return sorted({(task, frac, method) for (task, frac, method, proto), by_seed in cells.items()
+                   if method != "full" and not set(by_seed) & set(cells.get((task, frac, "full", proto), {}))})
+
+
 def cell_differences(fixed: list) -> list:
     """One dict per (task, frac, method other than full) with paired seeds: the seed differences,
     their t interval, the bootstrap interval (when every paired run saved its test predictions) and
-    the verdict."""
-    cells = defaultdict(dict)  # (task, frac, method) -> seed -> run
-    for r in fixed:
-        cells[(r["task"], r["frac"], r["method"])][r["seed"]] = r
+    the verdict. Only runs of one protocol are paired (unpaired() lists the cells left out)."""
+    cells = cells_by_seed(fixed)
     out = []
-    for (task, frac, method), by_seed in cells.items():
-        full = cells.get((task, frac, "full"))
+    for (task, frac, method, proto), by_seed in cells.items():
+        full = cells.get((task, frac, "full", proto))
         if method == "full" or not full:
             continue
         seeds = sorted(set(by_seed) & set(full))
@@ -154,13 +179,12 @@ def spread_ratios(fixed: list) -> list:
     the verdict takes the tasks as the units: the 95% t interval of the mean of the tasks' l. A cell
     where a method scored the same with every seed has no ratio; it is counted by which side was
     constant (full alone constant is a sign the method spreads more)."""
-    cells = defaultdict(dict)  # (task, frac, method) -> seed -> score
-    for r in fixed:
-        cells[(r["task"], r["frac"], r["method"])][r["seed"]] = 100 * r["best"]["test"][r["best"]["metric"]]
+    cells = {key: {seed: 100 * r["best"]["test"][r["best"]["metric"]] for seed, r in by_seed.items()}
+             for key, by_seed in cells_by_seed(fixed).items()}  # (task, frac, method, protocol) -> seed -> score
     logs = defaultdict(list)  # (method, task) -> l of each cell
     skipped = defaultdict(lambda: {"full": 0, "method": 0, "both": 0})  # (method, task) -> constant side
-    for (task, frac, method), by_seed in cells.items():
-        full = cells.get((task, frac, "full"))
+    for (task, frac, method, proto), by_seed in cells.items():
+        full = cells.get((task, frac, "full", proto))
         seeds = sorted(set(by_seed) & set(full or {}))
         if method == "full" or len(seeds) < 2:
             continue

@@ -59,9 +59,11 @@ PRESETS = {
                   fracs=(0.3, 0.5, 0.7, 1.0), seeds=(0, 1, 2), epochs=6, budget_minutes=10, budget_epochs=100,
                   model="minilm", amp="off"),
     # The survey's other families on the CPU study's protocol: soft prompts, prefixes, (IA)^3, and two
-    # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare.
+    # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare: it
+    # tunes its own methods into that study's tuned.json, keeping cpu's choices (sweep.keep_other_choices),
+    # and report.py compares only runs of one protocol (claims.protocol), so its epochs are cpu's.
     "families": Preset(methods=("prompt", "prefix", "ia3", "bitfit+lora", "adapter+bitfit"),
-                       tasks=("mrpc", "cola", "stsb"), fracs=(0.3, 1.0), seeds=(0, 1), epochs=3,
+                       tasks=("mrpc", "cola", "stsb"), fracs=(0.3, 1.0), seeds=(0, 1), epochs=6,
                        budget_minutes=10, budget_epochs=100, model="minilm", amp="off"),
     # Seconds, not minutes: checks that the sweep, train.py and report.py fit together.
     # 66 and 132 training examples of 16 tokens; evaluating 774 examples per run is most of the work.

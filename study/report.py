@@ -132,16 +132,21 @@ def main_tables(fixed) -> list:
     return lines
 
 
-def comparison(diffs: list) -> list:
-    """The table of claims.cell_differences, one row per task x fraction x method."""
+def comparison(diffs: list, left_out=()) -> list:
+    """The table of claims.cell_differences, one row per task x fraction x method; left_out: the cells
+    claims.unpaired found no full fine-tuning run of the same protocol and seeds for."""
     lines = ["## Each method against full fine-tuning", "",
              "Paired by seed (one seed: the same training subset and data order for both methods): the mean "
              "over seeds of method − full, test score @best x 100; its 95% t interval over seeds; the 95% "
              "paired-bootstrap interval over test examples (1,000 resamples of GLUE dev, both methods scored "
              "on the same draw, averaged over the seeds); the verdict is *better* or *worse* only when both "
              "intervals leave out zero (claims.py).", ""]
+    if left_out:
+        lines += ["Not compared, for want of a full fine-tuning run of the same task, fraction, seed and protocol "
+                  "(epochs, batch size, ... claims.PROTOCOL): " + ", ".join(f"{t} {f:g} {m}" for t, f, m in left_out)
+                  + ".", ""]
     if not diffs:
-        return lines + ["No full fine-tuning runs to compare with.", ""]
+        return lines + ["No pairs of a method and full fine-tuning to compare.", ""]
     rows = [[d["task"], f"{d['frac']:g}", d["method"], len(d["seeds"]), f"{d['mean']:+.2f}",
              claims.interval(d["t_low"], d["t_high"]), claims.interval(*(d["boot"] or (None, None))), d["verdict"]]
             for d in sorted(diffs, key=lambda d: (rank(d["task"], TASKS), rank(d["method"], METHODS), d["frac"]))]
@@ -311,7 +316,7 @@ def report(root) -> Path:
     plots = []
     diffs = claims.cell_differences(fixed)  # the bootstrap: once, for the tables and the plot
     if fixed:
-        lines += main_tables(fixed) + comparison(diffs) + levelling(fixed)
+        lines += main_tables(fixed) + comparison(diffs, claims.unpaired(fixed)) + levelling(fixed)
         lines += stability(fixed) + spread(fixed) + efficiency(fixed)
         plots += [("metric_vs_fraction.png", plot_fractions, fixed), ("metric_vs_epoch.png", plot_epochs, fixed),
                   ("cost.png", plot_cost, fixed)]

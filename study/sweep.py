@@ -80,6 +80,25 @@ def choose_rates(runs: list, out: Path) -> dict:
             "selected_on": "validation (10% of GLUE train); test scores are listed, never used to choose"}
 
 
+def keep_other_choices(path: Path, tuned: dict) -> dict:
+    """tuned.json's new content, keeping the choices (and rates tried) of task x method pairs that this
+    tuning stage does not tune: another preset run into the same study (families beside cpu) tunes its
+    own methods and must not erase the rates the grid already ran at. A pair tuned again is replaced."""
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        old = {}  # unreadable: written anew from the tuning runs
+    old = old if isinstance(old, dict) else {}
+    ours = tuned["tried"]  # every pair this stage tunes, finished or not
+    merged = {}
+    for key in ("chosen", "tried"):
+        merged[key] = {t: {m: v for m, v in ms.items() if m not in ours.get(t, {})}
+                       for t, ms in old.get(key, {}).items() if isinstance(ms, dict)}
+        for task, methods in tuned[key].items():
+            merged[key].setdefault(task, {}).update(methods)
+    return {**tuned, "chosen": {t: ms for t, ms in merged["chosen"].items() if ms}, "tried": merged["tried"]}
+
+
 def read_tuned(path: Path, p: Preset, own: bool = True):
     """-> (rates task -> method -> lr, None) or (None, a message saying what is missing). own: the
     study's own tuned.json (False: another study's, from --rates), which the message's advice follows."""
@@ -368,7 +387,7 @@ def main(argv=None) -> int:
                       flush=True)
                 tuning += more
             if not args.dry_run:
-                write_json_atomic(out / TUNED, tuned)
+                write_json_atomic(out / TUNED, keep_other_choices(out / TUNED, tuned))
             for task, methods in tuned["chosen"].items():
                 print(f"tuned rates, {task}: " + ", ".join(f"{m} {lr:g}" for m, lr in methods.items()), flush=True)
             if args.stage == "tune":

@@ -44,12 +44,13 @@ def test_paired_bootstrap():
     assert 0 < low < 100 * (1 - metrics.f1(noisy, labels)) < high
 
 
-def run(task, method, frac, seed, score, preds=None, labels=None):
+def run(task, method, frac, seed, score, preds=None, labels=None, epochs=6):
     metric = {"mrpc": "f1", "stsb": "pearson"}[task]
     best = {"metric": metric, "test": {metric: score}, "val": {metric: score}, "epoch": 1}
     if preds is not None:
         best["test_predictions"] = list(preds)
-    return {"task": task, "method": method, "frac": frac, "seed": seed, "best": best, "test_labels": labels}
+    return {"task": task, "method": method, "frac": frac, "seed": seed, "best": best, "test_labels": labels,
+            "model": "minilm", "pooling": "mean", "config": {"epochs": epochs, "time_budget": 0.0, "batch_size": 32}}
 
 
 def test_cell_differences_pair_seeds_and_give_verdicts():
@@ -69,6 +70,22 @@ def test_cell_differences_pair_seeds_and_give_verdicts():
     assert claims.verdict(-3.0, -1.0, (-2.0, 0.5)) == "not distinguishable"  # the bootstrap spans zero
     assert claims.verdict(-3.0, -1.0, (-2.0, -0.5)) == "worse"
     assert claims.verdict(None, None, None) == "too few seeds"
+
+
+def test_only_runs_of_one_protocol_are_paired():
+    # a 3-epoch method beside 6-epoch full fine-tuning (the families preset once ran at 3 epochs into the
+    # CPU study's folder): the difference would be one of protocols, so the cell is left out and named
+    runs = [run("mrpc", "full", 1.0, s, 0.85 + 0.01 * s) for s in (0, 1, 2)]
+    runs += [run("mrpc", "prompt", 1.0, s, 0.70 + 0.01 * s, epochs=3) for s in (0, 1, 2)]
+    runs += [run("mrpc", "bitfit", 1.0, s, 0.84 + 0.01 * s) for s in (0, 1, 2)]
+    runs += [run("mrpc", "lora", 0.5, s, 0.80) for s in (0, 1)]  # no full run at 0.5
+    assert [d["method"] for d in claims.cell_differences(runs)] == ["bitfit"]
+    assert claims.unpaired(runs) == [("mrpc", 0.5, "lora"), ("mrpc", 1.0, "prompt")]
+    assert [r["method"] for r in claims.spread_ratios(runs)] == ["bitfit", "bitfit"]  # mrpc, all
+    more = [run("mrpc", "full", 1.0, s, 0.60, epochs=3) for s in (0, 1, 2)]  # full at 3 epochs too: now it pairs
+    prompt = [d for d in claims.cell_differences(runs + more) if d["method"] == "prompt"]
+    assert len(prompt) == 1 and math.isclose(prompt[0]["mean"], 11.0)  # against the 3-epoch full runs
+    assert claims.unpaired(runs + more) == [("mrpc", 0.5, "lora")]
 
 
 def test_spread_ratios_compare_variances_over_the_same_seeds():

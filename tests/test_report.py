@@ -113,6 +113,17 @@ def test_a_study_made_with_another_studys_rates_says_so(synthetic):
     assert line + "\n## Learning rates" in text  # the header's last line, before the tuning table
 
 
+def test_runs_of_another_protocol_are_named_not_compared(synthetic):
+    line = "Not compared, for want of a full fine-tuning run of the same task, fraction, seed and protocol " \
+           "(epochs, batch size, ... claims.PROTOCOL): mrpc 0.3 bitfit"
+    assert line + ".\n" in report.report(synthetic).read_text()  # no full fine-tuning at 0.3
+    for seed in (0, 1, 2):  # two epochs where full fine-tuning had three
+        write(synthetic, fake_results("mrpc", "head", 1.0, seed, [0.5, 0.9], [0.6, 0.7]))
+    text = report.report(synthetic).read_text()
+    assert line + ", mrpc 1 head.\n" in text
+    assert "| mrpc | 1 | head |" not in text and "| mrpc | 1 | bitfit | 3 | -4.00 |" in text
+
+
 def test_rates_tuned_per_task_are_listed_per_task():
     cfg = lambda task, lr: {"task": task, "method": "full", "lr": lr}  # noqa: E731
     assert report.rates([cfg("mrpc", 2e-4), cfg("cola", 1e-4), cfg("mrpc", 2e-4)], "full") == "mrpc 0.0002, cola 0.0001"

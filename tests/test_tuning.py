@@ -77,6 +77,27 @@ def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeyp
     assert "rate of mrpc/bitfit is not a positive number" in capsys.readouterr().err
 
 
+def test_a_second_preset_tuning_into_the_study_keeps_the_first_ones_rates(tmp_path, monkeypatch):
+    script = tmp_path / "tune_train.py"
+    script.write_text(TUNE_TRAIN)
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    out = tmp_path / "study"
+    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--stage", "tune", "--epochs", "1", "--quiet"]
+    assert sweep.main(flags + ["--methods", "bitfit"]) == 0
+    first = json.loads((out / "tuned.json").read_text())
+    assert first["chosen"] == {"mrpc": {"bitfit": 1e-3}}
+    assert sweep.main(flags + ["--methods", "lora"]) == 0  # as --grid families does beside --grid cpu
+    both = json.loads((out / "tuned.json").read_text())
+    assert both["chosen"] == {"mrpc": {"bitfit": 1e-3, "lora": 6e-4}}
+    assert both["tried"]["mrpc"]["bitfit"] == first["tried"]["mrpc"]["bitfit"]
+    (out / "tune" / "mrpc-lora-f1-s0-lr0.0006" / "results.json").unlink()  # a pair tuned again replaces its entry
+    (tmp_path / "calls.txt").unlink()
+    assert sweep.main(flags + ["--methods", "lora", "--dry-run"]) == 0
+    assert json.loads((out / "tuned.json").read_text()) == both  # a dry run writes nothing
+    assert sweep.keep_other_choices(out / "tuned.json", {"chosen": {}, "tried": {"mrpc": {"lora": {"6e-4": None}}},
+                                                        "missing": ["x"]})["chosen"] == {"mrpc": {"bitfit": 1e-3}}
+
+
 def test_rates_from_another_study_skip_the_tuning_stage(tmp_path, monkeypatch, capsys):
     script = tmp_path / "tune_train.py"
     script.write_text(TUNE_TRAIN)
