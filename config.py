@@ -28,7 +28,7 @@ def default_lr(method: str, model: str = "") -> float:
     every part with one rate; the smallest is one every part is known to train stably at, where the
     largest (bitfit's 1e-3 for bitfit+lora) would be twice what LoRA's recipe uses.
 
-    Where the rates come from (README "Protocol" has the runs behind them):
+    Where the rates come from (README "Default learning rates" has the runs behind them):
       full 2e-5: the BERT paper's range (2e-5..5e-5, sec. A.3).
       bitfit 1e-3: Ben Zaken et al. (2022) sec. 3.1 searched 1e-4..1e-3.
       adapter 5e-4: Houlsby et al. (2019) sec. 3.1 searched 3e-5..3e-3.

@@ -25,7 +25,9 @@ KEPT = ("results.json", "best.safetensors", "resume.pt")  # what a run has to sh
 RUN_FIELDS = ("task", "method", "frac", "seed", "model", "pooling", "max_length", "epochs", "time_budget",
               "lr", "batch_size", "weight_decay", "warmup", "grad_clip", "amp",
               "adapter_size", "adapter_placement", "adapter_act", "adapter_init_std", "lora_r", "lora_alpha",
-              "lora_dropout", "lora_targets", "prompt_length", "prefix_length", "prefix_hidden")
+              "lora_dropout", "lora_targets", "prompt_length", "prefix_length", "prefix_hidden", "train_pooler")
+OTHER_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile", "audit", "resume",
+                "overwrite", "debug")  # the rest of the config: every field is in one of the two (tested)
 WHAT_TO_DO = "pass --resume to continue it, choose another --out, or pass --overwrite to delete its files first"
 
 

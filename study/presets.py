@@ -52,7 +52,8 @@ PRESETS = {
     # across machines would mix the two (this project's machines have been of both kinds). 6 epochs: in the
     # 10-minute runs of the first CPU study (full fine-tuning at 2e-5, schedule over the budget) the
     # validation score of full fine-tuning levelled off by epoch 3-4 on MRPC, 5-6 on STS-B, and
-    # gained under 1 point per 2 epochs on CoLA after epoch 5; README "Protocol" has the numbers.
+    # gained under 1 point per 2 epochs on CoLA after epoch 5 (the budget runs' evals, in
+    # results/superseded/cpu-minilm-3epochs/*-full-budget10-s0/results.json).
     # Measured again on the tuned protocol with 12 epochs at 100% (results/gpu-minilm-epochs12, 3 seeds):
     # within 1 point of the best by epoch 3.7 (MRPC), 5.0 (CoLA), 3.7 (STS-B), CoLA flat from epoch 5 to 12.
     "cpu": Preset(methods=("full", "bitfit", "adapter", "lora"), tasks=("mrpc", "cola", "stsb"),

@@ -187,7 +187,15 @@ def test_resume_of_another_run_is_refused_naming_what_differs(tmp_path):
         rundir.claim_out_dir(parse_args([*argv, "--method", "lora", "--resume"]))
     with pytest.raises(rundir.RunDirError, match=r"seed 0 \(asked 1\)"):
         rundir.claim_out_dir(parse_args([*argv, "--seed", "1", "--resume"]))
+    with pytest.raises(rundir.RunDirError, match=r"train_pooler False \(asked True\)"):  # a method option
+        rundir.claim_out_dir(parse_args([*argv, "--train-pooler", "--resume"]))
     assert rundir.claim_out_dir(parse_args([*argv, "--resume", "--device", "cpu"]))["step"] == 3
+
+
+def test_every_config_field_is_either_a_run_field_or_named_as_not_one():
+    fields = set(parse_args([]).record())  # results.json's "config": the run's flags and the method's options
+    assert not set(rundir.RUN_FIELDS) & set(rundir.OTHER_FIELDS)
+    assert set(rundir.RUN_FIELDS) | set(rundir.OTHER_FIELDS) == fields
 
 
 def test_out_that_cannot_be_written_is_refused(tmp_path):
