@@ -134,11 +134,23 @@ def cell_differences(fixed: list) -> list:
         runs = [(by_seed[s], full[s]) for s in seeds]
         boot = None
         if all("test_predictions" in r["best"] for pair in runs for r in pair):
+            check_one_test_set(runs, f"{task} {frac:g} {method}")
             boot = paired_bootstrap([(a["best"]["test_predictions"], b["best"]["test_predictions"]) for a, b in runs],
                                     runs[0][1]["test_labels"], metric)
         out.append({"task": task, "frac": frac, "method": method, "metric": metric, "seeds": seeds, "diffs": diffs,
                     "mean": mean, "t_low": low, "t_high": high, "boot": boot, "verdict": verdict(low, high, boot)})
     return out
+
+
+def check_one_test_set(pairs, cell: str):
+    """The bootstrap scores every run against one list of gold labels: refuse runs whose test labels
+    or number of predictions differ from it (results of another version of the data, say)."""
+    labels = pairs[0][1]["test_labels"]
+    odd = [r.get("dir", f"{r['method']} seed {r['seed']}") for pair in pairs for r in pair
+           if r["test_labels"] != labels or len(r["best"]["test_predictions"]) != len(labels)]
+    if odd:
+        raise ValueError(f"{cell}: the paired runs were not tested on one test set: the labels or the number of "
+                         f"predictions of {', '.join(odd)} differ from those of {pairs[0][1].get('dir', 'full')}")
 
 
 def verdict(t_low, t_high, boot) -> str:

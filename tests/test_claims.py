@@ -67,6 +67,10 @@ def test_cell_differences_pair_seeds_and_give_verdicts():
     bitfit = diffs["bitfit"]
     assert bitfit["boot"] is None  # no saved predictions: no bootstrap, the seed interval alone
     assert math.isclose(bitfit["mean"], 0.0, abs_tol=1e-9) and bitfit["verdict"] == "not distinguishable"
+    other = run("mrpc", "lora", 1.0, 1, 0.8, good[:-1], labels[:-1])  # another test set: refused, named
+    other["dir"] = "mrpc-lora-f1-s1"
+    with pytest.raises(ValueError, match="mrpc 1 lora: .* predictions of mrpc-lora-f1-s1 differ"):
+        claims.cell_differences([r for r in runs if (r["method"], r["seed"]) != ("lora", 1)] + [other])
     assert claims.verdict(-3.0, -1.0, (-2.0, 0.5)) == "not distinguishable"  # the bootstrap spans zero
     assert claims.verdict(-3.0, -1.0, (-2.0, -0.5)) == "worse"
     assert claims.verdict(None, None, None) == "too few seeds"
