@@ -61,7 +61,7 @@ PRESETS = {
                   model="minilm", amp="off"),
     # The survey's other families on the CPU study's protocol: soft prompts, prefixes, (IA)^3, and two
     # hybrids (Xu et al. 2023, arXiv 2312.12148). Run it into the same --out as "cpu" to compare: it
-    # tunes its own methods into that study's tuned.json, keeping cpu's choices (sweep.keep_other_choices),
+    # tunes its own methods into that study's tuned.json, keeping cpu's choices (tuning.keep_other_choices),
     # and report.py compares only runs of one protocol (claims.protocol), so its epochs are cpu's.
     "families": Preset(methods=("prompt", "prefix", "ia3", "bitfit+lora", "adapter+bitfit"),
                        tasks=("mrpc", "cola", "stsb"), fracs=(0.3, 1.0), seeds=(0, 1), epochs=6,

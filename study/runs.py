@@ -51,6 +51,17 @@ def read_run(path: Path) -> dict:
     return r
 
 
+def read_results(run_dir: Path):
+    """results.json as a dict; None when there is none; {"status": "unreadable"} when it is corrupt."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return {"status": "unreadable"}
+
+
 def flag_duplicates(runs, ignored, tuning=False):
     """Two finished runs of one (task, method, frac, seed, budget or not; and rate, among tuning runs)
     in one study would both be counted in a cell as if they were two seeds: the first (by directory)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from study import presets, sweep
+from study import presets, sweep, tuning
 
 
 TUNE_TRAIN = textwrap.dedent("""
@@ -94,7 +94,7 @@ def test_a_second_preset_tuning_into_the_study_keeps_the_first_ones_rates(tmp_pa
     (tmp_path / "calls.txt").unlink()
     assert sweep.main(flags + ["--methods", "lora", "--dry-run"]) == 0
     assert json.loads((out / "tuned.json").read_text()) == both  # a dry run writes nothing
-    assert sweep.keep_other_choices(out / "tuned.json", {"chosen": {}, "tried": {"mrpc": {"lora": {"6e-4": None}}},
+    assert tuning.keep_other_choices(out / "tuned.json", {"chosen": {}, "tried": {"mrpc": {"lora": {"6e-4": None}}},
                                                         "missing": ["x"]})["chosen"] == {"mrpc": {"bitfit": 1e-3}}
 
 
@@ -144,8 +144,8 @@ def test_a_tuning_run_is_copied_into_the_grid_only_with_the_grids_epochs(tmp_pat
     source.mkdir(parents=True)
     (source / "results.json").write_text(json.dumps({"status": "complete", "config": {"epochs": 6, "lr": 2e-4}}))
     rates = {"mrpc": {"lora": 2e-4}}
-    assert not sweep.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 12, lr=2e-4), rates, p, tmp_path)
+    assert not tuning.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 12, lr=2e-4), rates, p, tmp_path)
     assert not (tmp_path / "mrpc-lora-f1-s0").exists()
-    assert sweep.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4), rates, p, tmp_path)
+    assert tuning.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4), rates, p, tmp_path)
     assert json.loads((tmp_path / "mrpc-lora-f1-s0" / "results.json").read_text())["copied_from"] == \
         "tune/mrpc-lora-f1-s0-lr0.0002"
