@@ -67,10 +67,6 @@ def opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-METHOD_HELP = (f"one of {', '.join(adapters.METHODS)}, or a hybrid of several joined by '+' "
-               "(e.g. bitfit+lora; full and head cannot be parts)")
-
-
 @dataclass
 class TrainConfig:
     """One training run's settings; with the method's (`options`), every flag of train.py."""
@@ -161,7 +157,7 @@ CHECKS = {
     "time_budget": (lambda x: finite(x) and x >= 0, "finite minutes >= 0 (0 = no budget)"),
     "seed": (lambda x: 0 <= x <= 2**32 - 1, "in 0..2**32-1 (numpy's seed range)"),
     "model": (lambda x: x.strip() != "", "a directory, 'minilm' or a hub id, not empty"),
-    "lr": (lambda x: finite(x) and x >= 0, "finite and > 0 (0 = the method's default)"),
+    "lr": (lambda x: finite(x) and x >= 0, "finite and >= 0 (0 = the method's default)"),
     "batch_size": (lambda x: x >= 1, ">= 1"),
     "eval_batch_size": (lambda x: x >= 1, ">= 1"),
     "max_length": (lambda x: MIN_MAX_LENGTH <= x <= 512,

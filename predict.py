@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 import data
 import glue
 import saving
+from config import CHECKS
 from glue.download import ensure_task, resolve_data_dir
 
 DEFAULT_MAX_LENGTH = 128  # train.py's default; a run's own --max-length is read from its results.json
@@ -42,8 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(argv)
-    if args.max_length and not 2 < args.max_length <= 512:  # as train.py's --max-length
-        p.error(f"--max-length must be in 3..512, got {args.max_length}")
+    ok, allowed = CHECKS["max_length"]
+    if args.max_length and not ok(args.max_length):  # train.py's check (0: the run's own)
+        p.error(f"--max-length must be {allowed}, got {args.max_length}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args

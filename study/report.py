@@ -339,6 +339,13 @@ def report(root) -> Path:
 
 
 if __name__ == "__main__":
+    usage = "usage: python -m study.report RESULTS_DIR  (writes RESULTS_DIR/RESULTS.md and its plots)"
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(usage)
+        raise SystemExit(0)
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m study.report RESULTS_DIR")
+        print(usage, file=sys.stderr)
+        raise SystemExit(2)
+    if not Path(sys.argv[1]).is_dir():
+        raise SystemExit(f"error: {sys.argv[1]}: no such study folder")
     report(sys.argv[1])

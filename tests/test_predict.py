@@ -146,7 +146,8 @@ def test_command_line_error_has_no_traceback(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     ([], "one of the arguments --glue-test --text is required"),
     (["--glue-test", "--text", "a"], "not allowed with argument"),
-    (["--text", "a", "--max-length", "1"], "--max-length must be in 3..512, got 1"),
+    (["--text", "a", "--max-length", "5"], "--max-length must be in 8..512 (below 8"),  # train.py's range
+    (["--text", "a", "--max-length", "513"], "--max-length must be in 8..512"),
     (["--glue-test", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
 ])
 def test_bad_flags_are_refused_before_anything_loads(argv, message, capsys):

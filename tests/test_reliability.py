@@ -29,8 +29,8 @@ FAST = ["--model", "minilm", "--task", "mrpc", "--method", "bitfit", "--frac", "
 @pytest.mark.parametrize("argv, message", [
     (["--grad-clip", "0"], "--grad-clip must be finite and > 0"),
     (["--grad-clip", "-1"], "--grad-clip must be finite and > 0"),
-    (["--lr", "inf"], "--lr must be finite and > 0"),
-    (["--lr=-1e-3"], "--lr must be finite and > 0"),
+    (["--lr", "inf"], "--lr must be finite and >= 0"),
+    (["--lr=-1e-3"], "--lr must be finite and >= 0"),
     (["--seed", "-1"], "--seed must be in 0..2**32-1"),
     (["--seed", str(2**32)], "--seed must be in 0..2**32-1"),
     (["--warmup", "1"], "--warmup must be in [0, 1)"),

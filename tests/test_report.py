@@ -2,6 +2,8 @@
 synthetic results files."""
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,15 @@ def test_budget_runs_are_compared_with_full_by_the_test_bootstrap(tmp_path):
     assert "| mrpc | lora | +0.00 | [+0.00, +0.00] | not distinguishable | – | – |" in section
     assert "| mrpc | adapter | -10.00 | – | no predictions saved | – | – |" in section
     assert re.search(r"\| mrpc \| ia3 \| -13\.30 \| \[-\S+, -\S+\] \| worse \| – \| – \|", section)
+
+
+def test_the_command_line_says_its_usage_and_names_a_missing_folder(tmp_path):
+    def report_cli(*argv):
+        return subprocess.run([sys.executable, "-m", "study.report", *argv], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True)
+    shown = report_cli("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m study.report RESULTS_DIR")
+    assert report_cli().returncode == 2 and report_cli("a", "b").stderr.startswith("usage:")
+    missing = report_cli(str(tmp_path / "nope"))
+    assert missing.returncode == 1 and missing.stderr == f"error: {tmp_path / 'nope'}: no such study folder\n"
+    assert not (tmp_path / "nope").exists()

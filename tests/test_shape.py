@@ -80,12 +80,15 @@ def test_functions_and_files_stay_small():
 
 
 def repeated_top_level(source: str) -> list:
-    """Names a module defines twice at its top level (functions, classes), and a second
-    `if __name__ == "__main__":` block: the later one silently replaces, or repeats, the first."""
+    """Names a module defines twice at its top level (functions, classes, constants assigned), and a
+    second `if __name__ == "__main__":` block: the later one silently replaces, or repeats, the first."""
     seen, repeats = set(), []
     for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             name = node.name
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(
+                target := node.targets[0] if isinstance(node, ast.Assign) else node.target, ast.Name):
+            name = target.id
         elif isinstance(node, ast.If) and ast.unparse(node.test).replace("'", '"') == '__name__ == "__main__"':
             name = "if __name__ == '__main__'"
         else:
@@ -106,4 +109,5 @@ def test_a_repeated_definition_is_found():
     main = 'if __name__ == "__main__":\n    main()\n'
     assert repeated_top_level("def f(): pass\nclass C: pass\ndef f(): pass\n" + main + main) == \
         ["f (line 3)", "if __name__ == '__main__' (line 6)"]
+    assert repeated_top_level("X = 1\ndef f(): pass\nX: int = 2\n") == ["X (line 3)"]
     assert repeated_top_level("def f(): pass\ndef g(): pass\n" + main) == []
