@@ -105,13 +105,24 @@ def baseline(rs) -> float:
     return statistics.mean(scores) if scores else None
 
 
+def not_above(rs) -> str:
+    """How many of the runs score at or below their own constant prediction: a cell's mean can beat
+    the baseline while one seed learned nothing; "–" for runs made before results.json recorded it."""
+    scored = [r for r in rs if "baseline" in r]
+    if not scored:
+        return "–"
+    m = scored[0]["best"]["metric"]
+    return f"{sum(r['best']['test'][m] <= r['baseline']['test'][m] + 1e-9 for r in scored)} of {len(scored)}"
+
+
 def main_tables(fixed) -> list:
     lines = ["## Score by task, method and data fraction", "",
              "Test score x 100, mean ± std over seeds; the other columns are means. Train time excludes "
              "evaluation; t95 = training seconds until validation first reached 95% of the run's best. "
              "The baseline is the test score of a constant prediction: the training data's majority class "
              "(MRPC, CoLA), or its mean score for STS-B, whose Pearson r is 0 by definition (metrics.py). "
-             "† marks a cell whose mean does not beat it: the model learned nothing visible.", ""]
+             "† marks a cell whose mean does not beat it: the model learned nothing visible; *not above* counts "
+             "the cell's runs that do not beat their own (a mean can beat it while a seed learned nothing).", ""]
     for task, task_runs in sorted(group(fixed, lambda r: r["task"]).items(), key=lambda kv: rank(kv[0], TASKS)):
         m = task_runs[0]["best"]["metric"]
         rows = []
@@ -123,11 +134,11 @@ def main_tables(fixed) -> list:
             floor = baseline(rs)
             mark = " †" if floor is not None and mean_std(values(rs, "best"))[0] <= floor + 1e-9 else ""
             rows.append([method, f"{frac:g}", len(rs), fmt(values(rs, "best")) + mark, fmt(values(rs, "last")),
-                         "–" if floor is None else f"{floor:.2f}",
+                         "–" if floor is None else f"{floor:.2f}", not_above(rs),
                          fmt(values(rs, "best_epoch"), 1, spread=False), f"{s['trainable']:,}", f"{s['pct']:.3f}",
                          *cost])
         lines += [f"### {task} ({METRIC_LABEL.get(m, m)})", ""]
-        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "baseline", "best epoch",
+        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "baseline", "not above", "best epoch",
                         "trainable", "trainable %", "train time (s)", "t95 (s)", "peak memory (MiB)"], rows)
     return lines
 

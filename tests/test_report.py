@@ -73,10 +73,10 @@ def synthetic(tmp_path):
 
 def test_report_tables_match_hand_computation(synthetic):
     text = report.report(synthetic).read_text()
-    # method, frac, seeds, @best, @last, best epoch, trainable, %, train time, t95, peak memory
-    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | – | 2.0 | 1,000 | 1.000 | 30.0 | 20.0 | 512 |" in text
+    # method, frac, seeds, @best, @last, baseline, runs not above it, best epoch, trainable, %, train time, t95, peak memory
+    assert "| bitfit | 1 | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 | – | – | 2.0 | 1,000 | 1.000 | 30.0 | 20.0 | 512 |" in text
     assert "| full | 1 | 3 | 86.00 ± 1.00 |" in text
-    assert "| bitfit | 0.3 | 1 | 65.00 † | 65.00 | 66.00 | 2.0 |" in text  # the baseline scores 66: not beaten
+    assert "| bitfit | 0.3 | 1 | 65.00 † | 65.00 | 66.00 | 1 of 1 | 2.0 |" in text  # the baseline scores 66: not beaten
     # cost at the largest fraction: step-time medians 100, 200, 300 ms over the epochs -> 200
     assert "| mrpc | bitfit | 1 | 3 | 1.000 | 200 | 2000 | 512 |" in text
     # method-vs-full: bitfit's paired differences -5, -3, -4: mean -4, sd 1, t(0.975, 2) = 4.303 -> ±2.48;
@@ -200,3 +200,13 @@ def test_the_command_line_says_its_usage_and_names_a_missing_folder(tmp_path):
     missing = report_cli(str(tmp_path / "nope"))
     assert missing.returncode == 1 and missing.stderr == f"error: {tmp_path / 'nope'}: no such study folder\n"
     assert not (tmp_path / "nope").exists()
+
+
+def test_runs_not_above_baseline_are_counted_where_the_mean_beats_it(tmp_path):
+    # test @best 0.80, 0.66, 0.60 against a majority class scoring 0.66: mean 68.67 beats 66.00 (no †),
+    # but two of the three runs do not (0.66 ties it)
+    for seed, t in enumerate([0.80, 0.66, 0.60]):
+        r = fake_results("mrpc", "adapter", 0.7, seed, [0.5, 0.9], [0.5, t])
+        r["baseline"] = {"name": "majority", "prediction": 1, "val": {"f1": 0.66}, "test": {"f1": 0.66}}
+        write(tmp_path, r)
+    assert "| adapter | 0.7 | 3 | 68.67 ± 10.26 | 68.67 ± 10.26 | 66.00 | 2 of 3 | 2.0 |" in report.report(tmp_path).read_text()
