@@ -119,7 +119,10 @@ def fake_train(tmp_path, monkeypatch):
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
     monkeypatch.setattr(sweep, "TRAIN", script)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    # Ctrl-C as in a terminal, also where pytest was started as a background job (`cmd &` in a script),
+    # which inherits SIGINT ignored: sweep.main keeps an ignored signal ignored, as nohup means it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for s, h in handlers.items():  # sweep.main installs its own; give pytest its handlers back
         signal.signal(s, h)
