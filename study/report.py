@@ -105,14 +105,20 @@ def baseline(rs) -> float:
     return statistics.mean(scores) if scores else None
 
 
+def not_beaten(score: float, floor: float) -> bool:
+    """A score at or below the constant prediction's (a tie, to rounding, does not beat it)."""
+    return score <= floor + 1e-9
+
+
 def not_above(rs) -> str:
-    """How many of the runs score at or below their own constant prediction: a cell's mean can beat
-    the baseline while one seed learned nothing; "–" for runs made before results.json recorded it."""
+    """How many of the runs do not beat their own constant prediction: a cell's mean can beat the
+    baseline while one seed learned nothing; "–" for runs made before results.json recorded it."""
     scored = [r for r in rs if "baseline" in r]
     if not scored:
         return "–"
     m = scored[0]["best"]["metric"]
-    return f"{sum(r['best']['test'][m] <= r['baseline']['test'][m] + 1e-9 for r in scored)} of {len(scored)}"
+    below = sum(not_beaten(r["best"]["test"][m], r["baseline"]["test"][m]) for r in scored)
+    return f"{below} of {len(scored)}"
 
 
 def main_tables(fixed) -> list:
@@ -132,14 +138,15 @@ def main_tables(fixed) -> list:
             s = summarize(rs[0])
             cost = [fmt(values(rs, k), d, spread=False) for k, d in (("train_s", 1), ("t95", 1), ("peak_mib", 0))]
             floor = baseline(rs)
-            mark = " †" if floor is not None and mean_std(values(rs, "best"))[0] <= floor + 1e-9 else ""
+            mark = " †" if floor is not None and not_beaten(mean_std(values(rs, "best"))[0], floor) else ""
             rows.append([method, f"{frac:g}", len(rs), fmt(values(rs, "best")) + mark, fmt(values(rs, "last")),
                          "–" if floor is None else f"{floor:.2f}", not_above(rs),
                          fmt(values(rs, "best_epoch"), 1, spread=False), f"{s['trainable']:,}", f"{s['pct']:.3f}",
                          *cost])
         lines += [f"### {task} ({METRIC_LABEL.get(m, m)})", ""]
-        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "baseline", "not above", "best epoch",
-                        "trainable", "trainable %", "train time (s)", "t95 (s)", "peak memory (MiB)"], rows)
+        lines += table(["method", "frac", "seeds", f"test {m} @best", f"test {m} @last", "baseline", "not above",
+                        "best epoch", "trainable", "trainable %", "train time (s)", "t95 (s)",
+                        "peak memory (MiB)"], rows)
     return lines
 
 

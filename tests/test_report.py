@@ -209,4 +209,5 @@ def test_runs_not_above_baseline_are_counted_where_the_mean_beats_it(tmp_path):
         r = fake_results("mrpc", "adapter", 0.7, seed, [0.5, 0.9], [0.5, t])
         r["baseline"] = {"name": "majority", "prediction": 1, "val": {"f1": 0.66}, "test": {"f1": 0.66}}
         write(tmp_path, r)
-    assert "| adapter | 0.7 | 3 | 68.67 ± 10.26 | 68.67 ± 10.26 | 66.00 | 2 of 3 | 2.0 |" in report.report(tmp_path).read_text()
+    text = report.report(tmp_path).read_text()
+    assert "| adapter | 0.7 | 3 | 68.67 ± 10.26 | 68.67 ± 10.26 | 66.00 | 2 of 3 | 2.0 |" in text
