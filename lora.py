@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model import Dropout
 from surgery import from_linear, keep, restore, swap_linears
 
 # short name -> module path inside `bert.encoder.layer.N.` (the HF state-dict key, less ".weight")
@@ -50,7 +51,7 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=dtype))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device, dtype=dtype))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as loralib; B = 0 makes B A = 0
-        self.lora_dropout = nn.Dropout(dropout)
+        self.lora_dropout = Dropout(dropout)  # model.Dropout: --dropout-masks reaches it too
         self.merged = False  # True while weight holds W + scaling * B A
         self._unmerged = None  # (W, b), kept while merged so unmerge() restores them bit for bit
 

@@ -79,6 +79,39 @@ ACTIVATIONS = {
 }
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a slot for the masks' source. While `masks` is None (the default) it is nn.Dropout,
+    call for call: torch draws the mask from its global generator, the stream of every committed run.
+    dropout.set_masks puts a dropout.MaskStream there (--dropout-masks fast): on a CPU the mask then
+    comes from it, several keep/drop decisions per random integer; on any other device, torch's."""
+
+    def __init__(self, p: float):
+        super().__init__(p)
+        self.masks = None  # slot: a dropout.MaskStream, shared by all of a model's dropouts, or None
+
+    def draws_own_mask(self, x) -> bool:
+        """Whether this call takes its mask from `masks`: only while training, with p > 0, on a CPU
+        (CUDA's dropout kernels draw their masks fast on the device)."""
+        return self.masks is not None and self.training and self.p > 0 and x.device.type == "cpu"
+
+    def forward(self, x):
+        if not self.draws_own_mask(x):
+            return super().forward(x)
+        keep = self.masks.keep(x.shape, self.p)  # bool, x's shape: True with probability 1 - p
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)  # inverted dropout, as nn.Dropout scales
+
+
+def attention_with_own_mask(q, k, v, mask, dropout: Dropout):
+    """softmax(q k^T / sqrt(D)) over the unmasked keys, dropped out with `dropout`'s mask, times v: what
+    F.scaled_dot_product_attention computes on a CPU when it drops out (its unfused math path, in fp32
+    for bf16 inputs, the result cast back), with our mask in place of its bernoulli_ draw."""
+    dtype = q.dtype  # SDPA returns the query's dtype
+    with torch.autocast(q.device.type, enabled=False):  # fp32 like SDPA's math path, not autocast's bf16
+        scores = q.float() @ k.float().transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, N, T, [P +] T)
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # mask: (B, 1, 1, [P +] T)
+        return (dropout(probs) @ v.float()).to(dtype)  # (B, N, T, [P +] T) @ (B, N, [P +] T, D) -> (B, N, T, D)
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -86,7 +119,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.prompt = None  # slot: prompts.add_prompt puts a SoftPrompt here
 
     def forward(self, input_ids, token_type_ids):
@@ -107,7 +140,7 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(c.hidden_size, c.hidden_size)
         self.key = nn.Linear(c.hidden_size, c.hidden_size)
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
-        self.dropout_p = c.attention_probs_dropout_prob
+        self.dropout = Dropout(c.attention_probs_dropout_prob)  # on the attention probabilities
 
     def forward(self, x, mask, prefix=None):
         B, T, H = x.shape
@@ -119,8 +152,11 @@ class BertSelfAttention(nn.Module):
             pk, pv = (p.to(k.dtype).expand(B, -1, -1, -1) for p in prefix)  # (B, N, P, D)
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, N, P + T, D)
         # mask: (B, 1, 1, [P +] T) bool, True where the key is a real token or a prefix; softmax(qk^T/sqrt(D)) v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
+        if self.dropout.draws_own_mask(q):  # --dropout-masks fast, training on a CPU: the same formula, our mask
+            y = attention_with_own_mask(q, k, v, mask, self.dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout.p if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, H)  # (B, N, T, D) -> (B, T, H)
 
 
@@ -131,7 +167,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
         self.adapter = nn.Identity()  # slot: filled by adapters.add_adapters
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, h, residual):
@@ -165,7 +201,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
         self.adapter = nn.Identity()  # slot: filled by adapters.add_adapters
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, h, residual):
@@ -244,7 +280,7 @@ class BertForSequenceClassification(nn.Module):
         c.validate()
         self.config = c
         self.bert = BertModel(c)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
         self.apply(self._init_weights)
 
