@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 import distributed as dist
 
@@ -64,3 +65,32 @@ def grad_scaler(device: torch.device, dtype) -> torch.amp.GradScaler:
 def autocast(device: torch.device, dtype):
     """The forward's precision context: autocast to `dtype`, or nullcontext when dtype is None (fp32)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def keep_frozen_in_compute_dtype(model: nn.Module, dtype) -> list:
+    """Under bf16 autocast, store the frozen weight and bias of every nn.Linear (LoRA's and (IA)^3's
+    base layers included) in bf16, once; returns their names. Only for dtype bf16: fp32 has nothing to
+    cast, and fp16-with-a-scaler runs keep the path they were measured on (issue 31 scopes it so).
+
+    Why: autocast runs F.linear in bf16 and casts its fp32 arguments on every call, caching only
+    tensors that require grad, so every frozen weight was copied to bf16 on every step (20-27 ms of a
+    MiniLM step on a CPU). Cast once, autocast finds them in bf16 and passes them through: the same
+    round-to-nearest-even `.to(bfloat16)` gives the same tensor, so outputs and gradients are bit
+    for bit those of the per-step cast (tests/test_precision.py). Trainable tensors stay fp32 masters
+    (a BitFit layer: bf16 weight, fp32 bias, which autocast casts as before); embeddings and LayerNorm,
+    which autocast runs in fp32, are not touched. Call after apply_method and before audit.fingerprint,
+    so the frozen-weights proof covers the stored dtype (a digest names it). After this, merge() adds
+    the update into the bf16 weight: merge or export from a model that was not cast.
+    """
+    if dtype is not torch.bfloat16:
+        return []
+    cast = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        for key in ("weight", "bias"):
+            p = getattr(module, key)
+            if p is not None and not p.requires_grad and p.dtype is torch.float32:
+                p.data = p.data.to(dtype)  # as module.to(dtype) converts: the Parameter object stays
+                cast.append(f"{name}.{key}")
+    return cast
