@@ -30,6 +30,8 @@ LEGACY_SUFFIXES = [(re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"),
                    (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias")]
 IGNORED = re.compile(r"^(cls\.|.*position_ids$)")  # pretraining heads, buffers we compute
 NEW_OK = re.compile(r"^classifier\.")  # the task head may be absent from a pretrained checkpoint
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
+               "type_vocab_size")  # config.json fields that set tensor shapes
 
 
 def minilm_dir() -> Path:
@@ -142,9 +144,30 @@ def load_state_dict(model: torch.nn.Module, path) -> LoadReport:
 def read_pooling(model_dir):
     """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config."""
     path = Path(model_dir) / "1_Pooling" / "config.json"
-    if path.is_file() and json.loads(path.read_text()).get("pooling_mode_mean_tokens"):
-        return "mean"
-    return "cls"
+    if not path.is_file():
+        return "cls"
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a {type(config).__name__}")
+    return "mean" if config.get("pooling_mode_mean_tokens") else "cls"
+
+
+def check_tokenizer_fits(tokenizer, config: BertConfig, config_path):
+    """Every id the tokenizer can produce must have a row in the embedding tables, or training fails at
+    its first step with an IndexError that names nothing: the vocabulary against vocab_size, and the
+    token types of a sentence pair (0 and 1) against type_vocab_size."""
+    ids = tokenizer.tok.get_vocab(with_added_tokens=True).values()
+    n = max(ids) + 1 if ids else 0
+    if n > config.vocab_size:
+        raise ValueError(f"{tokenizer.source}: token ids up to {n - 1}, but {config_path} has vocab_size "
+                         f"{config.vocab_size} (the embedding table's rows): another model's tokenizer?")
+    types = max(tokenizer(["a"], ["b"])["token_type_ids"][0]) + 1
+    if types > config.type_vocab_size:
+        raise ValueError(f"{config_path}: type_vocab_size {config.type_vocab_size}, but {tokenizer.source} gives a "
+                         f"sentence pair token types up to {types - 1}")
 
 
 def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verbose=True):
@@ -152,13 +175,21 @@ def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verb
 
     name_or_path: a local directory, the alias "minilm", or a Hugging Face hub repo id.
     pooling: "cls" or "mean"; None takes what the checkpoint declares (see read_pooling).
+    A malformed config.json, tokenizer or checkpoint is a ValueError naming the file (and field).
     """
     model_dir = resolve_model_dir(name_or_path)
     pooling = pooling or read_pooling(model_dir)
     config = BertConfig.from_json(model_dir / "config.json", num_labels=num_labels, pooling=pooling)
+    tokenizer = BertTokenizer.from_dir(model_dir)
+    check_tokenizer_fits(tokenizer, config, model_dir / "config.json")
     model = BertForSequenceClassification(config)
-    report = load_state_dict(model, model_dir / "model.safetensors")
+    try:
+        report = load_state_dict(model, model_dir / "model.safetensors")
+    except ValueError as e:  # a size config.json leaves out takes BERT-base's default: say so beside the shapes
+        absent = [k for k in SIZE_FIELDS if k not in json.loads((model_dir / "config.json").read_text())]
+        raise ValueError(f"{e}" + (f" ({model_dir / 'config.json'} has no {', '.join(absent)}: "
+                                   "BERT-base's default was taken)" if absent else "")) from None
     if verbose:
         print(f"model {name_or_path} ({model_dir}): pooling {pooling}")
         print(report.summary())
-    return model, BertTokenizer.from_dir(model_dir)
+    return model, tokenizer

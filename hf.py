@@ -27,6 +27,7 @@ always (transformers initialises a fresh one), bert.pooler when the run trained 
 BertForSequenceClassification pools [CLS] through bert.pooler, so a mean-pooled model is refused.
 """
 import json
+import math
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+import glue
 from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
 from checkpoint import MINILM_ALIAS, load_pretrained, resolve_model_dir
 from ia3 import IA3_TARGETS, IA3Linear
@@ -143,12 +145,39 @@ def peft_layout(model: nn.Module, pooler: bool) -> tuple:
 
 
 # ---------------------------------------------------------------------------------- export
-def export_peft(model: nn.Module, path, base=None) -> Path:
+EXPORT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "1_Pooling", "1_Pooling/config.json",
+                "adapter_config.json", "adapter_model.safetensors"}  # what export_merged and export_peft write
+
+
+def export_dir(path, replace: bool) -> Path:
+    """The directory an export writes into, empty: made if new; one that holds anything only with
+    replace=True, and then only when it holds nothing but a previous export's files (config.json or
+    adapter_config.json among them), which are removed first: a stale tokenizer.json must not outlive
+    the export it came with. Anything else is refused, naming the directory."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory")
+    held = sorted(str(f.relative_to(out)) for f in out.rglob("*")) if out.is_dir() else []
+    if held and not replace:
+        raise ValueError(f"{out}: not empty ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
+                         "pass replace=True to replace a previous export")
+    foreign = [f for f in held if f not in EXPORT_FILES]
+    if held and (foreign or not {"config.json", "adapter_config.json"} & set(held)):
+        raise ValueError(f"{out}: does not look like an export (it holds {(foreign or held)[0]}), so even "
+                         "replace=True does not clear it: choose another directory")
+    for name in sorted(held, reverse=True):  # files before the folders that hold them
+        (out / name).rmdir() if (out / name).is_dir() and not (out / name).is_symlink() else (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def export_peft(model: nn.Module, path, base=None, replace: bool = False) -> Path:
     """Write the model's LoRA or (IA)^3 run as a PEFT adapter directory that
     `PeftModel.from_pretrained(BertForSequenceClassification.from_pretrained(base, num_labels=L), path)`
     loads with our logits. `base` (required): the pretrained model's id or directory the run started
     from; a model does not carry its origin, a run's best.safetensors records it (meta["base_model"]).
-    Every trainable tensor must find a place in the adapter, or nothing is written."""
+    Every trainable tensor must find a place in the adapter, or nothing is written. A directory that
+    holds anything is refused unless replace=True (export_dir)."""
     trained = {name for name, _ in trainable_params(model)}
     pooler = any(name.startswith("bert.pooler.") for name in trained)
     config, layout = peft_layout(model, pooler)
@@ -161,8 +190,7 @@ def export_peft(model: nn.Module, path, base=None) -> Path:
     if not base:  # the model does not carry its origin; a run's best.safetensors records it as base_model
         raise ValueError("export_peft needs base=: the model id or directory the run started from")
     config["base_model_name_or_path"] = base_reference(base)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = export_dir(path, replace)
     tensors = {key: p.detach().cpu().reshape(shape).contiguous().clone() for key, (p, shape) in layout.items()}
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -170,8 +198,22 @@ def export_peft(model: nn.Module, path, base=None) -> Path:
 
 
 # ---------------------------------------------------------------------------------- import
+CONFIG_FIELDS = {  # adapter_config.json field -> (the JSON types PEFT accepts, the adapter types requiring it)
+    "peft_type": ((str,), ("LORA", "IA3")),
+    "target_modules": ((str, list), ("LORA", "IA3")),
+    "r": ((int,), ("LORA",)),
+    "lora_alpha": ((int, float), ("LORA",)),
+    "feedforward_modules": ((str, list), ("IA3",)),
+    "lora_dropout": ((int, float), ()),
+    "base_model_name_or_path": ((str, type(None)), ()),
+    "modules_to_save": ((list, type(None)), ()),
+    "task_type": ((str, type(None)), ()),
+}
+
+
 def read_adapter(path) -> tuple:
-    """(adapter_config, tensors) of a PEFT adapter directory; errors name the file."""
+    """(adapter_config, tensors) of a PEFT adapter directory: a JSON object, finite floating-point
+    tensors; errors name the file (and the key)."""
     path = Path(path)
     config_path, weights_path = path / "adapter_config.json", path / "adapter_model.safetensors"
     for f in (config_path, weights_path):
@@ -180,59 +222,160 @@ def read_adapter(path) -> tuple:
                                     "and adapter_model.safetensors")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path}: not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object of PEFT config fields, got a {type(config).__name__}")
     try:
         tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    for key, t in tensors.items():
+        if not t.is_floating_point() or not torch.isfinite(t).all():
+            raise ValueError(f"{weights_path}: tensor {key!r} is not finite floating-point ({t.dtype}, "
+                             f"{(~torch.isfinite(t)).sum().item() if t.is_floating_point() else 'n/a'} non-finite)")
     return config, tensors
 
 
-def method_of(config: dict, tensors: dict, where) -> MethodConfig:
-    """Our MethodConfig for a PEFT adapter: LoRA with its rank, alpha and dropout on the layers its keys
-    name (each one of lora.LORA_TARGETS), or (IA)^3 (its placement is checked against the keys later)."""
+def check_config(config: dict, where):
+    """PEFT's own checks on an adapter_config.json: a known peft_type, the fields its type requires, every
+    field of the JSON type PEFT reads, and values in range. Errors name the file and the field."""
     kind = config.get("peft_type")
-    if kind == "IA3":
-        return MethodConfig("ia3")
-    if kind != "LORA":
+    if kind not in ("LORA", "IA3"):
         raise ValueError(f"{where}: peft_type {kind!r}: allowed 'LORA', 'IA3'")
+    for field, (types, required_for) in CONFIG_FIELDS.items():
+        if field not in config:
+            if kind in required_for:
+                raise ValueError(f"{where}: no {field!r} field (a PEFT {kind} config requires it)")
+            continue
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, types) or \
+                (isinstance(value, list) and not all(isinstance(x, str) for x in value)):
+            allowed = " or ".join("null" if t is type(None) else "a list of strings" if t is list else t.__name__
+                                  for t in types)
+            raise ValueError(f"{where}: {field} = {value!r}: expected {allowed}")
+    problems = [kind == "LORA" and config["r"] < 1 and f"r = {config['r']}: must be >= 1",
+                kind == "LORA" and not math.isfinite(config["lora_alpha"]) and "lora_alpha must be finite",
+                not 0 <= (config.get("lora_dropout") or 0) < 1 and f"lora_dropout = {config['lora_dropout']}: "
+                "must be in [0, 1)",
+                config.get("task_type") not in (None, "SEQ_CLS") and f"task_type = {config['task_type']!r}: "
+                "a sequence-classification adapter has 'SEQ_CLS'"]
+    for problem in problems:
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+
+
+def peft_matches(spec, name: str) -> bool:
+    """PEFT's rule for target_modules (and feedforward_modules): a string is a regular expression the whole
+    module name must match; a list matches a name equal to an entry or ending in "." + an entry."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return name in spec or any(name.endswith("." + t) for t in spec)
+
+
+def targeted(config: dict, field: str, model: nn.Module, where) -> set:
+    """The model's module names that config[field] selects by PEFT's rule; each must be a Linear."""
+    try:
+        names = {n for n, _ in model.named_modules() if n and peft_matches(config[field], n)}
+    except re.error as e:
+        raise ValueError(f"{where}: {field} {config[field]!r} is not a valid regular expression ({e})") from None
+    modules = dict(model.named_modules())
+    other = sorted(n for n in names if not isinstance(modules[n], nn.Linear))
+    if other:
+        raise ValueError(f"{where}: {field} {config[field]!r} matches {other[0]}, a {type(modules[other[0]]).__name__}: "
+                         "PEFT and we adapt Linear layers only")
+    return names
+
+
+def check_targets(config: dict, model: nn.Module, tensors: dict, where) -> list:
+    """The paths inside bert.encoder.layer.N that the adapter adapts, checked three ways as PEFT would load
+    it: target_modules selects, by PEFT's matching rule, modules our method supports, in every layer
+    (ours adapts every layer alike); the tensors' keys name exactly those modules; for (IA)^3,
+    feedforward_modules selects exactly the input-scaled ones among them."""
+    kind = config["peft_type"]
+    supported = set(LORA_TARGETS.values()) if kind == "LORA" else {path for path, _ in IA3_TARGETS.values()}
+    suffix = ".lora_A.weight" if kind == "LORA" else ".ia3_l"
+    keyed = {k.removeprefix(PEFT_PREFIX).removesuffix(suffix) for k in tensors if k.endswith(suffix)}
+    chosen = targeted(config, "target_modules", model, where)
+    for source, names in (("the adapter's tensors", keyed), (f"target_modules {config['target_modules']!r}", chosen)):
+        for name in sorted(names):
+            m = LAYER.match(name)
+            if not m or m.group(2) not in supported:
+                raise ValueError(f"{where}: {'LoRA' if kind == 'LORA' else '(IA)^3'} on {name} ({source}): ours goes "
+                                 f"only on {sorted(supported)} inside bert.encoder.layer.N")
+    if not chosen:
+        raise ValueError(f"{where}: target_modules {config['target_modules']!r} matches no module of the model")
+    if keyed != chosen:
+        odd = sorted(keyed ^ chosen)[0]
+        raise ValueError(f"{where}: target_modules {config['target_modules']!r} and the tensors in "
+                         f"adapter_model.safetensors disagree on {odd} ({'only' if odd in chosen else 'not'} selected "
+                         f"by target_modules; {len(chosen)} modules selected, {len(keyed)} in the tensors)")
+    paths = sorted({LAYER.match(n).group(2) for n in chosen})
+    every = {f"bert.encoder.layer.{i}.{p}" for i in range(model.config.num_hidden_layers) for p in paths}
+    if chosen != every:
+        raise ValueError(f"{where}: target_modules selects {paths} in some layers only (e.g. not "
+                         f"{sorted(every - chosen)[0]}): ours adapts every layer alike")
+    if kind == "IA3":
+        inputs = {p for p, side in IA3_TARGETS.values() if side == "in"}
+        if set(paths) != supported:
+            raise ValueError(f"{where}: (IA)^3 on {paths}: ours scales exactly {sorted(supported)} (ia3.py)")
+        ff = targeted(config, "feedforward_modules", model, where)
+        if ff != {n for n in chosen if LAYER.match(n).group(2) in inputs}:
+            raise ValueError(f"{where}: feedforward_modules {config['feedforward_modules']!r} must select exactly "
+                             f"the {sorted(inputs)} layers among target_modules (ours scales their input)")
+    return paths
+
+
+def method_of(config: dict, paths: list, where) -> MethodConfig:
+    """Our MethodConfig for a checked PEFT adapter: LoRA with its rank, alpha and dropout on `paths`
+    (the formula's options PEFT varies must be ours), or (IA)^3, whose placement is fixed."""
+    if config["peft_type"] == "IA3":
+        return MethodConfig("ia3")
     for field, value in LORA_UNSUPPORTED.items():
         if config.get(field) not in (None, value):  # None: absent, or PEFT's "not used"
             raise ValueError(f"{where}: {field} = {config[field]!r}; our LoRA (lora.py) needs {value!r}")
-    short = {path: name for name, path in LORA_TARGETS.items()}
-    paths = set()
-    for key in tensors:
-        if key.endswith(".lora_A.weight"):
-            module = key.removeprefix(PEFT_PREFIX).removesuffix(".lora_A.weight")
-            m = LAYER.match(module)
-            if not m or m.group(2) not in short:
-                raise ValueError(f"{where}: LoRA on {module}: ours goes only on {list(short)} inside "
-                                 "bert.encoder.layer.N")
-            paths.add(m.group(2))
-    if not paths:
-        raise ValueError(f"{where}: the adapter has no lora_A tensors")
-    return MethodConfig("lora", lora_r=int(config["r"]), lora_alpha=float(config["lora_alpha"]),
+    return MethodConfig("lora", lora_r=config["r"], lora_alpha=float(config["lora_alpha"]),
                         lora_dropout=float(config.get("lora_dropout") or 0.0),
                         lora_targets=tuple(name for name, path in LORA_TARGETS.items() if path in paths))
 
 
+def head_of(config: dict, tensors: dict, task: str, path) -> tuple:
+    """(num_labels, pooler trained?) from the adapter's head (modules_to_save): a classifier (L, H) and
+    (L,), L the task's label count when a task is given; bert.pooler saved exactly when listed."""
+    weight, bias = (tensors.get(f"{PEFT_PREFIX}classifier.{k}") for k in ("weight", "bias"))
+    if weight is None:
+        raise ValueError(f"{path}: the adapter holds no classifier (modules_to_save): the head would be random")
+    if weight.ndim != 2 or bias is None or tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{path}: classifier weight {tuple(weight.shape)} and bias "
+                         f"{None if bias is None else tuple(bias.shape)}: expected (L, H) and (L,)")
+    if task and weight.shape[0] != glue.get_task(task).num_labels:
+        raise ValueError(f"{path}: the classifier has {weight.shape[0]} outputs, task {task} has "
+                         f"{glue.get_task(task).num_labels} labels")
+    pooler = PEFT_PREFIX + "bert.pooler.dense.weight" in tensors
+    listed = any("bert.pooler".endswith(m) or "bert.pooler.dense".endswith(m) for m in config.get("modules_to_save") or [])
+    if pooler != listed and config.get("modules_to_save") is not None:
+        raise ValueError(f"{Path(path) / 'adapter_config.json'}: modules_to_save {config['modules_to_save']} {'does not list' if pooler else 'lists'} "
+                         f"bert.pooler, but the tensors {'hold' if pooler else 'lack'} it: PEFT would not load it so")
+    return weight.shape[0], pooler
+
+
 def import_peft(path, base=None, task="", device="cpu") -> tuple:
     """Rebuild a PEFT LoRA or (IA)^3 adapter directory (sequence classification) as our model: returns
-    (model, tokenizer, meta) as saving.load_trainable does, with PEFT's logits ([CLS] pooling).
-    `base`: the pretrained model (default: the adapter's base_model_name_or_path). Every tensor of the
-    adapter must land in the model, with its shape; bert.pooler comes from the adapter when it holds one."""
+    (model, tokenizer, meta) as saving.load_trainable does, with PEFT's logits ([CLS] pooling), the model
+    in eval mode (dropout off; call model.train() to train it further).
+    `base`: the pretrained model (default: the adapter's base_model_name_or_path). `task`: a GLUE task
+    whose label count the classifier must have. What is read is checked as PEFT checks it (check_config,
+    check_targets): every tensor finite, and landing in the model with its shape; bert.pooler comes from
+    the adapter when it holds one."""
     config, tensors = read_adapter(path)
     where = Path(path) / "adapter_config.json"
-    cfg = method_of(config, tensors, where)
+    check_config(config, where)
     base = base or config.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{where}: no base_model_name_or_path; pass base=")
-    head = tensors.get(PEFT_PREFIX + "classifier.weight")
-    if head is None:
-        raise ValueError(f"{path}: the adapter holds no classifier (modules_to_save): the head would be random")
-    model, tokenizer = load_pretrained(base, num_labels=head.shape[0], pooling="cls", verbose=False)
-    pooler = PEFT_PREFIX + "bert.pooler.dense.weight" in tensors
+    num_labels, pooler = head_of(config, tensors, task, path)
+    model, tokenizer = load_pretrained(base, num_labels=num_labels, pooling="cls", verbose=False)
+    cfg = method_of(config, check_targets(config, model, tensors, where), where)
     cfg = replace(cfg, train_pooler=pooler)  # a pooler in modules_to_save was trained: ours trains it too
     apply_method(model, cfg)
     _, layout = peft_layout(model, pooler)
@@ -247,5 +390,5 @@ def import_peft(path, base=None, task="", device="cpu") -> tuple:
                 raise ValueError(f"{path}: shape mismatch for {key!r}: adapter {tuple(t.shape)}, model {shape}")
             p.copy_(t.reshape(p.shape))
     meta = {"method": cfg.method, "method_config": asdict(cfg), "base_model": str(base), "task": task,
-            "num_labels": head.shape[0], "pooling": "cls", "peft_adapter": str(path)}
-    return model.to(device), tokenizer, meta
+            "num_labels": num_labels, "pooling": "cls", "peft_adapter": str(path)}
+    return model.to(device).eval(), tokenizer, meta

@@ -49,14 +49,43 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path, **overrides):
-        """Build from an HF config.json; unknown HF fields are ignored, `overrides` win."""
-        raw = json.loads(Path(path).read_text())
+        """Build from an HF config.json; unknown HF fields are ignored, absent ones take the defaults above
+        (as transformers does), `overrides` win. Invalid JSON, a JSON value that is not an object, a value
+        of the wrong type or out of range: ValueError naming the file and the field."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, got a {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in {**raw, **overrides}.items() if k in known})
-        config.validate()
+        try:
+            config = cls(**{k: v for k, v in {**raw, **overrides}.items() if k in known})
+            config.validate()
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         return config
 
     def validate(self):
+        """Types, then ranges, each error naming the field (num_attention_heads is checked before it divides)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            accepted = (int, float) if f.type is float else f.type  # an int is a float value too (eps 1)
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                raise ValueError(f"{f.name} = {value!r}: expected {'a number' if f.type is float else f.type.__name__}")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be in [0, 1)")
+        if not (self.layer_norm_eps > 0 and self.initializer_range >= 0):
+            raise ValueError(f"layer_norm_eps {self.layer_norm_eps} must be > 0 and initializer_range "
+                             f"{self.initializer_range} >= 0")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id = {self.pad_token_id}: not an id of the vocabulary "
+                             f"(vocab_size {self.vocab_size})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")

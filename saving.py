@@ -5,7 +5,9 @@ transformers' BertForSequenceClassification loads. PEFT adapter directories, bot
 
 A save_trainable file is safetensors holding only the trainable tensors, with metadata naming the
 method and its options, the base model, task, label count, pooling, and a digest of the frozen
-weights, so that load_trainable refuses a base whose frozen weights differ.
+weights, so that load_trainable refuses a base whose frozen weights differ. Two more digests make the
+file tamper-evident: one over the tensor bytes, one over the header's fields (header_digest), so a
+flipped byte or a task edited by hand is refused as corrupted, naming the file.
 
 Files saved before the pooler became backbone (their method_config has no `train_pooler`) trained
 BERT's pooler with the head under [CLS] pooling: load_trainable reads them as train_pooler=True when
@@ -27,11 +29,14 @@ from safetensors.torch import load_file, save_file
 from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
 from audit import fingerprint
 from checkpoint import load_pretrained
-from hf import export_peft, import_peft, transformers_config  # noqa: F401 (export_peft, import_peft: re-exported)
+from hf import export_dir, export_peft, import_peft, transformers_config  # noqa: F401 (export_peft, import_peft: re-exported)
 from prompts import PrefixEncoder, SoftPrompt, merge_prefix
 
-FORMAT = "bertfit-trainable/2"  # safetensors metadata "format" of a save_trainable file
+FORMAT = "bertfit-trainable/3"  # safetensors metadata "format" of a save_trainable file
+TENSORS_ONLY_FORMAT = "bertfit-trainable/2"  # the same, written before the header carried a digest of its own
 UNVERIFIED_FORMAT = "bertfit-trainable/1"  # the same, written before files carried a tensor digest
+HEADER_FIELDS = ("method", "method_config", "base_model", "task", "num_labels", "pooling", "frozen_digest",
+                 "meta")  # what load_trainable reads from every save_trainable header
 RESUME_FORMAT = "bertfit-resume/1"  # the "format" entry of a resume.pt
 
 
@@ -61,22 +66,69 @@ def tensor_digest(obj) -> str:
     return digest.hexdigest()
 
 
+def header_digest(header: dict) -> str:
+    """sha256 over every header field but this digest itself: the format, method and its options, task,
+    label count, pooling, base model, meta and the digests of the frozen and of the saved tensors. The
+    tensor digest cannot see the header, and a header edited by hand (another task) would otherwise
+    load as a model of that task."""
+    fields = {k: v for k, v in header.items() if k != "header_digest"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def read_tensors(path) -> tuple:
-    """(tensors, header) of a save_trainable file; a file that is unreadable, truncated, or whose
-    tensor bytes differ from the digest saved with them is refused with an error naming it."""
+    """(tensors, header) of a save_trainable file; a file that is unreadable, truncated, lacks a header
+    field, or whose header or tensor bytes differ from the digests saved with them is refused with an
+    error naming it. Files of the two earlier formats load with a warning saying what is not verified."""
     try:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    if header.get("format") == UNVERIFIED_FORMAT:
+    version = header.get("format")
+    if version not in (FORMAT, TENSORS_ONLY_FORMAT, UNVERIFIED_FORMAT):
+        raise ValueError(f"{path}: not a save_trainable checkpoint (format {version!r})")
+    required = HEADER_FIELDS + {FORMAT: ("tensor_digest", "header_digest"), TENSORS_ONLY_FORMAT: ("tensor_digest",),
+                                UNVERIFIED_FORMAT: ()}[version]
+    missing = [k for k in required if k not in header]
+    if missing:
+        raise ValueError(f"{path}: the header has no field {missing[0]!r} (a {version} file has {list(required)})")
+    if version == FORMAT and header_digest(header) != header["header_digest"]:
+        raise ValueError(f"{path}: corrupted: its header (method and options, task, labels, pooling, base model, "
+                         "frozen-weights digest) does not match the sha256 saved with it: edited after saving?")
+    if version == UNVERIFIED_FORMAT:
         warnings.warn(f"{path}: written before checkpoints carried a digest; its tensors cannot be verified")
-    elif header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a save_trainable checkpoint (format {header.get('format')!r})")
-    elif tensor_digest(tensors) != header.get("tensor_digest"):
+    elif tensor_digest(tensors) != header["tensor_digest"]:
         raise ValueError(f"{path}: corrupted: its tensor bytes do not match the sha256 saved with them")
+    if version == TENSORS_ONLY_FORMAT:
+        warnings.warn(f"{path}: written before checkpoints carried a header digest; its header cannot be verified")
     return tensors, header
+
+
+def read_header(header: dict, path) -> tuple:
+    """(MethodConfig, num_labels, meta dict) from a save_trainable header; a field that does not parse is
+    an error naming the file and the field."""
+    def parsed(field):
+        try:
+            return json.loads(header[field])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: header field {field!r} is not valid JSON ({e})") from None
+
+    raw, meta = parsed("method_config"), parsed("meta")
+    if not isinstance(raw, dict) or not isinstance(meta, dict):
+        raise ValueError(f"{path}: header fields 'method_config' and 'meta' must be JSON objects")
+    try:
+        cfg = old_method_config(raw, header["pooling"]) or MethodConfig.from_json(header["method_config"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: header field 'method_config': {e}") from None
+    if cfg.method != header["method"]:
+        raise ValueError(f"{path}: header fields 'method' {header['method']!r} and 'method_config' "
+                         f"{cfg.method!r} disagree")
+    if not header["num_labels"].isdigit() or int(header["num_labels"]) < 1:
+        raise ValueError(f"{path}: header field 'num_labels' {header['num_labels']!r} is not a positive integer")
+    if header["pooling"] not in ("cls", "mean"):
+        raise ValueError(f"{path}: header field 'pooling' {header['pooling']!r}: allowed 'cls', 'mean'")
+    return cfg, int(header["num_labels"]), meta
 
 
 def write_resume(path, state: dict):
@@ -129,32 +181,36 @@ def save_trainable(model: nn.Module, trainable: list, cfg: MethodConfig, path, m
               "task": str(meta.get("task", "")), "num_labels": str(model.config.num_labels),
               "pooling": model.config.pooling, "frozen_digest": fingerprint_digest(fingerprint(model)),
               "prefix_merged": str(prefix is not None and prefix.merged), "meta": json.dumps(meta)}
-    save_file(tensors, str(path), metadata=header)
+    save_file(tensors, str(path), metadata={**header, "header_digest": header_digest(header)})
 
 
-def load_trainable_tensors(model: nn.Module, trainable: list, path):
-    """Copy a save_trainable file into the trainable parameters; every key and shape must match."""
-    tensors, target = read_tensors(path)[0], dict(trainable)
+def load_trainable_tensors(trainable: list, tensors: dict, path, cfg: MethodConfig):
+    """Copy a save_trainable file's tensors into the trainable parameters; every key and shape must
+    match. Other keys mean the file was not saved by this method with these options (`cfg`, read from
+    its header): the error says so, rather than blaming the base checkpoint."""
+    target = dict(trainable)
     missing, unexpected = sorted(set(target) - set(tensors)), sorted(set(tensors) - set(target))
     if missing or unexpected:
-        raise ValueError(f"{path}: keys missing from the checkpoint {missing}, unexpected keys {unexpected}")
+        raise ValueError(f"{path}: not what {cfg.method} with its header's options trains: keys missing from the "
+                         f"checkpoint {missing[:5]}, unexpected keys {unexpected[:5]}"
+                         f"{' (and more)' if len(missing) > 5 or len(unexpected) > 5 else ''}")
     bad = [f"{k}: checkpoint {tuple(t.shape)}, model {tuple(target[k].shape)}"
            for k, t in tensors.items() if t.shape != target[k].shape]
     if bad:
-        raise ValueError(f"{path}: shape mismatch: " + "; ".join(bad))
+        raise ValueError(f"{path}: shape mismatch (the method's options in the header, or the base model, differ "
+                         "from the saved run's): " + "; ".join(bad))
     with torch.no_grad():
         for k, t in tensors.items():
             target[k].copy_(t)
 
 
-def old_method_config(header: dict):
+def old_method_config(raw: dict, pooling: str):
     """The MethodConfig of a file saved before `train_pooler` existed, or None for a newer file. Then
     every method trained the pooler with the head under [CLS] pooling, so such a file is read with
     train_pooler = (pooling == "cls"): the same trainable set, the same frozen digest, the same outputs."""
-    raw = json.loads(header["method_config"])
     if "train_pooler" in raw:
         return None
-    return MethodConfig.from_json(json.dumps({**raw, "train_pooler": header["pooling"] == "cls"}))
+    return MethodConfig.from_json(json.dumps({**raw, "train_pooler": pooling == "cls"}))
 
 
 def copy_named(target: dict, tensors: dict, source):
@@ -171,26 +227,28 @@ def copy_named(target: dict, tensors: dict, source):
 
 def load_trainable(path, device="cpu") -> tuple:
     """Rebuild (model, tokenizer, meta) from a save_trainable file: load_pretrained(base, num_labels,
-    pooling), apply_method, check the frozen digest, load the trainable tensors."""
-    header = read_tensors(path)[1]  # refuses a corrupt file before the base model loads
-    cfg = old_method_config(header) or MethodConfig.from_json(header["method_config"])
-    model, tokenizer = load_pretrained(header["base_model"], num_labels=int(header["num_labels"]),
-                                       pooling=header["pooling"], verbose=False)
+    pooling), apply_method, load the trainable tensors, check the frozen digest. The model comes back in
+    eval mode (dropout off: one input, one output); call model.train() to train it further."""
+    tensors, header = read_tensors(path)  # refuses a corrupt file before the base model loads
+    cfg, num_labels, saved_meta = read_header(header, path)
+    model, tokenizer = load_pretrained(header["base_model"], num_labels=num_labels, pooling=header["pooling"],
+                                       verbose=False)
     trainable = apply_method(model, cfg)
-    if fingerprint_digest(fingerprint(model)) != header["frozen_digest"]:
-        raise ValueError(f"{path}: the frozen tensors of {header['base_model']!r} differ from the ones "
-                         "saved with the checkpoint (another base checkpoint, or frozen weights moved)")
+    frozen = fingerprint_digest(fingerprint(model))  # before merge_prefix, as save_trainable took it
     if header.get("prefix_merged") == "True":  # saved after merge_prefix: the file holds `kv`, not the MLP
         merge_prefix(model)
         trainable = trainable_params(model)
-    load_trainable_tensors(model, trainable, path)
-    meta = {**json.loads(header["meta"]), "method": cfg.method, "method_config": asdict(cfg),
+    load_trainable_tensors(trainable, tensors, path, cfg)  # the method's own keys first: a clearer cause
+    if frozen != header["frozen_digest"]:
+        raise ValueError(f"{path}: the frozen tensors of {header['base_model']!r} differ from the ones "
+                         "saved with the checkpoint (another base checkpoint, or frozen weights moved)")
+    meta = {**saved_meta, "method": cfg.method, "method_config": asdict(cfg),
             "base_model": header["base_model"], "task": header["task"],
-            "num_labels": int(header["num_labels"]), "pooling": header["pooling"]}
-    return model.to(device), tokenizer, meta
+            "num_labels": num_labels, "pooling": header["pooling"]}
+    return model.to(device).eval(), tokenizer, meta
 
 
-def export_merged(model: nn.Module, path, tokenizer=None, task=None) -> Path:
+def export_merged(model: nn.Module, path, tokenizer=None, task=None, replace: bool = False) -> Path:
     """Fold LoRA and (IA)^3 into the base weights and write a plain checkpoint directory that
     checkpoint.load_pretrained(path, num_labels=L) reads and, under [CLS] pooling,
     transformers.BertForSequenceClassification.from_pretrained(path) too: model.safetensors (HF key
@@ -198,13 +256,13 @@ def export_merged(model: nn.Module, path, tokenizer=None, task=None) -> Path:
     named after `task`'s classes when given, and the problem type), 1_Pooling/config.json (declares the
     pooling; transformers ignores it and pools [CLS]), and tokenizer.json when a tokenizer is given.
     Adapters, soft prompts and prefixes add computation a plain BERT does not have, so they cannot be
-    exported. Layers are left merged or not, as found."""
+    exported. Layers are left merged or not, as found. A directory that holds anything is refused unless
+    replace=True, and then emptied first if it holds only what an export writes (hf.export_dir)."""
     kinds = {Adapter: "adapters", SoftPrompt: "soft prompts", PrefixEncoder: "prefixes"}
     found = [name for kind, name in kinds.items() if any(isinstance(m, kind) for m in model.modules())]
     if found:
         raise ValueError(f"{' and '.join(found)} cannot be merged into the base weights; use save_trainable")
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = export_dir(path, replace)
     layers = [m for _, m in mergeable_layers(model)]
     was_merged = {id(m) for m in layers if m.merged}
     for m in layers:

@@ -24,18 +24,33 @@ class BertTokenizer:
 
     @classmethod
     def from_dir(cls, model_dir):
+        """tokenizer.json if the directory has one, else vocab.txt (and tokenizer_config.json's do_lower_case);
+        a file that cannot be read as one is a ValueError naming it."""
         model_dir = Path(model_dir)
-        if (model_dir / "tokenizer.json").is_file():
-            return cls(Tokenizer.from_file(str(model_dir / "tokenizer.json")), str(model_dir / "tokenizer.json"))
+        path = model_dir / "tokenizer.json"
+        if path.is_file():
+            try:
+                return cls(Tokenizer.from_file(str(path)), str(path))
+            except Exception as e:  # the Rust library raises a bare Exception for a truncated or foreign file
+                raise ValueError(f"{path}: not a readable tokenizer file ({str(e).splitlines()[0][:200]})") from None
         if (model_dir / "vocab.txt").is_file():
             config_path = model_dir / "tokenizer_config.json"
-            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-            return cls.from_vocab(model_dir / "vocab.txt", lowercase=config.get("do_lower_case", True))
+            try:
+                config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+            lowercase = config.get("do_lower_case", True) if isinstance(config, dict) else None
+            if not isinstance(lowercase, bool):
+                raise ValueError(f"{config_path}: expected an object whose do_lower_case is true or false")
+            return cls.from_vocab(model_dir / "vocab.txt", lowercase=lowercase)
         raise FileNotFoundError(f"{model_dir}: neither tokenizer.json nor vocab.txt")
 
     @classmethod
     def from_vocab(cls, vocab_path, lowercase=True):
-        tok = Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token="[UNK]"))
+        try:
+            tok = Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token="[UNK]"))
+        except Exception as e:  # the Rust library's bare Exception: unreadable, not UTF-8
+            raise ValueError(f"{vocab_path}: not a readable vocabulary ({e})") from None
         tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                     strip_accents=None, lowercase=lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -146,6 +146,7 @@ def test_import_peft_lora_gives_peft_logits(minilm_cls, minilm_dir, tmp_path, mo
                 p.add_(torch.randn_like(p) * 0.05)
     reference.save_pretrained(tmp_path / "adapter")
     model, tok, meta = import_peft(tmp_path / "adapter", task="mrpc")
+    assert not model.training  # eval mode: lora_dropout 0.1 would make two calls on one input differ
     assert (meta["method"], meta["task"], meta["num_labels"], meta["pooling"]) == ("lora", "mrpc", 2, "cls")
     cfg = meta["method_config"]
     assert (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (4, 8.0, 0.1)
@@ -190,13 +191,105 @@ def test_import_peft_refusals_name_the_problem(minilm_cls, tmp_path):
     with pytest.raises(ValueError, match="holds no classifier"):
         import_peft(variant("headless", tensors_now={k: v for k, v in tensors.items() if "classifier" not in k}))
     pooler_lora = {**tensors, "base_model.model.bert.pooler.dense.lora_A.weight": torch.zeros(8, 384)}
-    with pytest.raises(ValueError, match="LoRA on bert.pooler.dense: ours goes only on"):
+    with pytest.raises(ValueError, match="LoRA on bert.pooler.dense \\(the adapter's tensors\\): ours goes only on"):
         import_peft(variant("pooler_lora", tensors_now=pooler_lora))
     layer0 = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"
-    with pytest.raises(ValueError, match=f"keys missing from the adapter \\['{layer0}'\\]"):
+    with pytest.raises(ValueError, match="disagree on bert.encoder.layer.0.attention.self.query \\(only selected"):
         import_peft(variant("subset", tensors_now={k: v for k, v in tensors.items() if k != layer0}))
+    b0 = layer0.replace("lora_A", "lora_B")
+    with pytest.raises(ValueError, match=f"keys missing from the adapter \\['{b0}'\\]"):
+        import_peft(variant("half", tensors_now={k: v for k, v in tensors.items() if k != b0}))
     with pytest.raises(ValueError, match=f"shape mismatch for '{layer0}': adapter \\(8, 5\\), model \\(8, 384\\)"):
         import_peft(variant("shape", tensors_now={**tensors, layer0: torch.zeros(8, 5)}))
+
+
+LAYER0_QUERY = r"bert\.encoder\.layer\.0\.attention\.self\.query"
+
+
+@pytest.mark.parametrize("changes, drop, message", [
+    ({"r": "8"}, None, r"r = '8': expected int"),
+    ({"lora_alpha": True}, None, r"lora_alpha = True: expected int or float"),
+    ({"target_modules": ["query", 3]}, None, r"target_modules = \['query', 3\]: expected str or a list of strings"),
+    ({"modules_to_save": "classifier"}, None, r"modules_to_save = 'classifier': expected a list of strings or null"),
+    ({"lora_dropout": 1.5}, None, r"lora_dropout = 1.5: must be in \[0, 1\)"),
+    ({"r": 0}, None, r"r = 0: must be >= 1"),
+    ({"task_type": "CAUSAL_LM"}, None, r"task_type = 'CAUSAL_LM'"),
+    ({}, "r", r"no 'r' field \(a PEFT LORA config requires it\)"),
+    ({}, "target_modules", r"no 'target_modules' field"),
+    ({"target_modules": "(query"}, None, r"target_modules '\(query' is not a valid regular expression"),
+    ({"target_modules": ["LayerNorm"]}, None, r"matches bert.embeddings.LayerNorm, a LayerNorm: PEFT and we adapt Linear"),
+    ({"target_modules": ["dense"]}, None, r"LoRA on bert.pooler.dense \(target_modules \['dense'\]\)"),
+    ({"target_modules": "nothing"}, None, r"target_modules 'nothing' matches no module of the model"),
+    ({"target_modules": ["query"]}, None, r"disagree on bert.encoder.layer.0.attention.self.value \(not selected"),
+    ({"target_modules": [".*query", "value"]}, None, r"disagree on"),  # a list entry is a name, not a pattern
+    ({"target_modules": LAYER0_QUERY}, None, r"disagree on bert.encoder.layer.0.attention.self.value"),
+    ({"modules_to_save": ["classifier", "bert.pooler"]}, None, r"lists bert.pooler, but the tensors lack it"),
+])
+def test_import_peft_checks_the_config_as_peft_does(minilm_cls, tmp_path, changes, drop, message):
+    """Each field PEFT requires, with its JSON type and range; target_modules by PEFT's matching rule (a string:
+    a regex matched in full; a list: a name or a '.'-suffix), against the model and against the tensors."""
+    base, _ = minilm_cls[2]
+    good = export_peft(trained(base, MethodConfig("lora")), tmp_path / "good", base="minilm")
+    config = {**json.loads((good / "adapter_config.json").read_text()), **changes}
+    config.pop(drop, None)
+    (good / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message) as error:
+        import_peft(good)
+    assert str(good / "adapter_config.json") in str(error.value)
+
+
+def test_import_peft_checks_tensors_layers_and_the_task(minilm_cls, tmp_path):
+    """Non-finite tensors, an adapter on some layers only, a classifier the task's labels do not fit, and a
+    config that is not a JSON object: each refused naming the file; the good adapter loads in eval mode."""
+    base, _ = minilm_cls[2]
+    good = export_peft(trained(base, MethodConfig("lora")), tmp_path / "good", base="minilm")
+    config = json.loads((good / "adapter_config.json").read_text())
+    tensors = load_file(str(good / "adapter_model.safetensors"))
+    model, _, _ = import_peft(good, task="mrpc")
+    assert not model.training
+    with pytest.raises(ValueError, match=r"the classifier has 2 outputs, task stsb has 1 labels"):
+        import_peft(good, task="stsb")
+    key = "base_model.model.bert.encoder.layer.2.attention.self.value.lora_B.weight"
+    for bad in (float("nan"), float("inf")):
+        save_file({**tensors, key: torch.full_like(tensors[key], bad)}, str(good / "adapter_model.safetensors"))
+        with pytest.raises(ValueError, match=f"adapter_model.safetensors: tensor '{key}' is not finite"):
+            import_peft(good)
+    layer0 = {k: v for k, v in tensors.items() if "layer." not in k or "layer.0." in k}  # layer 0 alone
+    save_file(layer0, str(good / "adapter_model.safetensors"))
+    (good / "adapter_config.json").write_text(json.dumps(
+        {**config, "target_modules": r"bert\.encoder\.layer\.0\.attention\.self\.(query|value)"}))
+    with pytest.raises(ValueError, match=r"selects \['attention.self.query', 'attention.self.value'\] in some "
+                                         r"layers only \(e.g. not bert.encoder.layer.1.attention.self.query\)"):
+        import_peft(good)
+    (good / "adapter_config.json").write_text(json.dumps([config]))
+    with pytest.raises(ValueError, match="adapter_config.json: expected a JSON object of PEFT config fields, got a list"):
+        import_peft(good)
+
+
+def test_export_into_a_used_directory_needs_replace(minilm_cls, tmp_path):
+    """An export into a directory that holds anything is refused; replace=True clears the previous export's
+    files first (a stale tokenizer.json would outlive it); a directory that is not an export is never cleared."""
+    base, tok = minilm_cls[2]
+    model = trained(base, MethodConfig("lora"))
+    out = export_merged(model, tmp_path / "merged", tok)
+    with pytest.raises(ValueError, match=f"{out}: not empty .*pass replace=True"):
+        export_merged(model, out)
+    export_merged(model, out, replace=True)  # no tokenizer this time: the old one must go
+    assert sorted(str(f.relative_to(out)) for f in out.rglob("*")) == \
+        ["1_Pooling", "1_Pooling/config.json", "config.json", "model.safetensors"]
+    with pytest.raises(ValueError, match="not empty"):
+        export_peft(model, out, base="minilm")
+    export_peft(model, out, base="minilm", replace=True)  # a merged export replaced by an adapter
+    assert sorted(f.name for f in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=f"{out}: does not look like an export \\(it holds notes.txt\\)"):
+        export_peft(model, out, base="minilm", replace=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="does not look like an export"):
+        export_merged(model, run, replace=True)
+    assert (out / "notes.txt").is_file() and (run / "results.json").is_file()
 
 
 # ------------------------------------------------------------------------ merged, in transformers

@@ -12,7 +12,7 @@ from adapters import MethodConfig, apply_method, mergeable_layers
 from checkpoint import load_pretrained, load_state_dict
 from helpers import ALL_TARGETS, CORE, POOLINGS, SMALL, batch, logits, step_and_check
 from model import BertForSequenceClassification
-from saving import export_merged, load_trainable, save_trainable, tensor_digest
+from saving import TENSORS_ONLY_FORMAT, export_merged, header_digest, load_trainable, save_trainable, tensor_digest
 from tokenizer import BertTokenizer
 
 
@@ -74,16 +74,20 @@ def test_checkpoint_from_before_the_frozen_pooler_loads_as_it_trained(minilm, tm
         header = f.metadata()
     tensors, raw = load_file(str(tmp_path / "new.safetensors")), json.loads(header["method_config"])
     assert ("bert.pooler.dense.weight" in tensors) == (pooling == "cls")
-    del raw["train_pooler"]  # what the old code wrote
-    save_file(tensors, str(tmp_path / "old.safetensors"), {**header, "method_config": json.dumps(raw)})
-    loaded, _, meta = load_trainable(tmp_path / "old.safetensors")
+    del raw["train_pooler"]  # what the old code wrote, in the format of its time (no header digest)
+    old = {k: v for k, v in header.items() if k != "header_digest"}
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              {**old, "format": TENSORS_ONLY_FORMAT, "method_config": json.dumps(raw)})
+    with pytest.warns(UserWarning, match="header cannot be verified"):
+        loaded, _, meta = load_trainable(tmp_path / "old.safetensors")
     assert meta["method_config"]["train_pooler"] is (pooling == "cls")
     ids, mask, _ = batch(30522)
     assert torch.equal(logits(loaded, ids, mask), logits(model, ids, mask))
     if pooling == "cls":  # read with today's default instead, the file would not fit: the rule matters
-        save_file(tensors, str(tmp_path / "wrong.safetensors"),
-                  {**header, "method_config": json.dumps({**raw, "train_pooler": False})})
-        with pytest.raises(ValueError, match="frozen tensors"):
+        wrong = {**header, "method_config": json.dumps({**raw, "train_pooler": False})}
+        save_file(tensors, str(tmp_path / "wrong.safetensors"), {**wrong, "header_digest": header_digest(wrong)})
+        with pytest.raises(ValueError, match="not what lora with its header's options trains: .*unexpected keys "
+                                             "\\['bert.pooler.dense.bias', 'bert.pooler.dense.weight'\\]"):
             load_trainable(tmp_path / "wrong.safetensors")
 
 
@@ -99,7 +103,8 @@ def test_load_errors_name_the_key(minilm, tmp_path):
     key = "bert.encoder.layer.3.attention.self.value.lora_A"
 
     def save_with_digest(tensors, path):  # a well-formed file that holds other tensors than the model's
-        save_file(tensors, str(path), {**header, "tensor_digest": tensor_digest(tensors)})
+        signed = {**header, "tensor_digest": tensor_digest(tensors)}
+        save_file(tensors, str(path), {**signed, "header_digest": header_digest(signed)})
 
     save_with_digest({k: v for k, v in tensors.items() if k != key}, tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match=f"missing from the checkpoint \\['{key}'\\]"):
