@@ -30,16 +30,18 @@ and returns the (name, parameter) list that the optimizer, the audit (audit.py) 
 checkpoints (saving.py) are all built from. It raises when a pattern in force claims no parameter (a
 typo would otherwise train nothing silently) and when a parameter the method inserted stays frozen.
 """
+import argparse
 import json
 import re
 from dataclasses import dataclass, fields
 
 import torch.nn as nn
 
-from ia3 import IA3_TARGETS, IA3Linear, add_ia3
-from lora import LORA_TARGETS, LoRALinear, add_lora
+from flags import METHOD, WHAT, bad, finite, option
+from ia3 import IA3_PARAMS, IA3_TARGETS, IA3Linear, add_ia3
+from lora import LORA_PARAMS, LORA_TARGETS, LoRALinear, add_lora
 from model import ACTIVATIONS
-from prompts import add_prefix, add_prompt
+from prompts import PREFIX_PARAMS, PROMPT_PARAMS, add_prefix, add_prompt
 
 METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")
 SOLO = {"full": "it already trains every parameter", "head": "every method already trains the task head"}
@@ -47,81 +49,6 @@ SOLO = {"full": "it already trains every parameter", "head": "every method alrea
 # layer (Houlsby et al., 2019, Fig. 2). pfeiffer: one per layer, in the FFN slot, the position Pfeiffer
 # et al. (2021, AdapterFusion) chose; their adapter's own LayerNorm/residual wiring is not reproduced.
 ADAPTER_SLOTS = {"houlsby": ("attention.output", "output"), "pfeiffer": ("output",)}
-
-
-@dataclass
-class MethodConfig:
-    """A method and its options; each field is also a train.py flag (config.py), its comment the help.
-
-    Where the defaults come from:
-      adapter_size 64: Houlsby et al. (2019) sec. 3.1 sweep m in {8, 64, 256}.
-      adapter_act gelu, adapter_init_std 1e-3: adapter-bert's nonlinearity and init_scale; Houlsby
-          sec. 3.6 finds results robust for std below 1e-2.
-      lora_r 8: Hu et al. (2021) sec. 7.2 find r = 1..8 enough; 8 as in their RoBERTa GLUE runs (Table 9).
-      lora_alpha 16: the microsoft/LoRA examples/NLU scripts.
-      lora_dropout 0.0: the RoBERTa/DeBERTa GLUE code (microsoft/LoRA examples/NLU) builds lora.Linear
-          without lora_dropout (loralib's default 0.0); the paper's 0.1 is for GPT-2 on E2E (Table 11).
-      lora_targets query, value: W_q, W_v, the paper's GLUE setting (sec. 5.1; sec. 7.1 compares others).
-      prompt_length 20: Lester et al. (2021) sec. 3.2 (Fig. 3a) find gains marginal beyond 20 tokens
-          (they used 100 for T5); each token lengthens every sequence, 128 -> 148 here.
-      prefix_length 20: Li & Liang (2021) sec. 7.1 find 200 best for summarisation, 10 for
-          table-to-text; 20 is PEFT's usual num_virtual_tokens.
-      prefix_hidden 512: the reparameterisation MLP's width (sec. 4.3), the reference code's mid_dim
-          (XiangLi1999/PrefixTuning).
-      train_pooler False: the methods' papers keep BERT's pretrained pooler frozen (the module docstring).
-    """
-    method: str = "full"  # full, bitfit, adapter, lora, head, prompt, prefix, ia3 (METHODS), or several joined by "+" (bitfit+lora; not full, head)
-    adapter_size: int = 64  # m, the adapters' bottleneck width
-    adapter_placement: str = "houlsby"  # which adapter slots are filled, a key of ADAPTER_SLOTS
-    adapter_act: str = "gelu"  # the bottleneck's nonlinearity, a key of model.ACTIVATIONS
-    adapter_init_std: float = 1e-3  # std of the adapters' truncated-normal (+-2 std) down/up weights
-    lora_r: int = 8  # LoRA's rank r
-    lora_alpha: float = 16.0  # LoRA's update is scaled by alpha / r
-    lora_dropout: float = 0.0  # dropout on the LoRA path's input
-    lora_targets: tuple = ("query", "value")  # the Linear layers LoRA adapts, keys of lora.LORA_TARGETS
-    prompt_length: int = 20  # V, prompt tuning's virtual tokens
-    prefix_length: int = 20  # P, prefix tuning's positions per layer
-    prefix_hidden: int = 512  # width of prefix tuning's reparameterisation MLP
-    train_pooler: bool = False  # also train BERT's pretrained pooler ([CLS] pooling only; `full` trains it anyway)
-
-    def __post_init__(self):
-        self.method = canonical_method(self.method)  # "lora+bitfit" -> "bitfit+lora"; unknown names raise
-
-    def validate(self):
-        def allowed(field, value, choices):
-            if value not in choices:
-                raise ValueError(f"{field} {value!r}: allowed {list(choices)}")
-        if self.method != canonical_method(self.method):
-            raise ValueError(f"method {self.method!r}: write it {canonical_method(self.method)!r}")
-        parts = method_parts(self.method)
-        allowed("adapter_placement", self.adapter_placement, ADAPTER_SLOTS)
-        allowed("adapter_act", self.adapter_act, ACTIVATIONS)
-        if isinstance(self.lora_targets, str) or not self.lora_targets or \
-                len(set(self.lora_targets)) != len(self.lora_targets):
-            raise ValueError(f"lora_targets must be a non-empty tuple of distinct names from "
-                             f"{list(LORA_TARGETS)}, got {self.lora_targets!r}")
-        for t in self.lora_targets:
-            allowed("lora target", t, LORA_TARGETS)
-        if self.adapter_size < 1 or self.lora_r < 1:
-            raise ValueError(f"adapter_size and lora_r must be >= 1, got {self.adapter_size}, {self.lora_r}")
-        if self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0 or self.adapter_init_std <= 0:
-            raise ValueError("need lora_alpha > 0, 0 <= lora_dropout < 1, adapter_init_std > 0")
-        if min(self.prompt_length, self.prefix_length, self.prefix_hidden) < 1:
-            raise ValueError(f"prompt_length, prefix_length and prefix_hidden must be >= 1, got "
-                             f"{self.prompt_length}, {self.prefix_length}, {self.prefix_hidden}")
-        ia3_paths = {path for path, _ in IA3_TARGETS.values()}
-        shared = [t for t in self.lora_targets if LORA_TARGETS[t] in ia3_paths]
-        if {"lora", "ia3"} <= set(parts) and shared:  # one nn.Linear can become LoRALinear or IA3Linear, not both
-            free = [t for t in LORA_TARGETS if LORA_TARGETS[t] not in ia3_paths]
-            raise ValueError(f"method {self.method!r}: lora_targets {shared} are layers (IA)^3 rescales; "
-                             f"choose lora_targets among {free}")
-        return self
-
-    @classmethod
-    def from_json(cls, text: str) -> "MethodConfig":
-        raw = json.loads(text)
-        tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}  # JSON has no tuples
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in raw.items()}).validate()
 
 
 def method_problem(method: str):
@@ -152,7 +79,133 @@ def canonical_method(method: str) -> str:
     return "+".join(method_parts(method))
 
 
+
+
+def method_flag(text: str) -> str:
+    """argparse type of --method: the canonical name ("lora+bitfit" -> "bitfit+lora"), or an error
+    that lists what is allowed."""
+    problem = method_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({problem})")
+    return canonical_method(text)
+
+
+METHOD_HELP = (f"one of {', '.join(METHODS)}, or a hybrid of several joined by '+' "
+               "(e.g. bitfit+lora; full and head cannot be parts)")
+# [CLS] A [SEP] B [SEP] is 3 special tokens: 8 leaves a pair 5 real tokens, 2-3 per sentence
+MIN_MAX_LENGTH = 8  # the shortest --max-length (config.TrainConfig); bounds --prompt-length too
+
+
+@dataclass
+class MethodConfig:
+    """A method and its options; each field is also a train.py flag (flags.option).
+
+    Where the defaults come from:
+      adapter_size 64: Houlsby et al. (2019) sec. 3.1 sweep m in {8, 64, 256}.
+      adapter_act gelu, adapter_init_std 1e-3: adapter-bert's nonlinearity and init_scale; Houlsby
+          sec. 3.6 finds results robust for std below 1e-2.
+      lora_r 8: Hu et al. (2021) sec. 7.2 find r = 1..8 enough; 8 as in their RoBERTa GLUE runs
+          (Table 9).
+      lora_alpha 16: the microsoft/LoRA examples/NLU scripts.
+      lora_dropout 0.0: the RoBERTa/DeBERTa GLUE code (microsoft/LoRA examples/NLU) builds lora.Linear
+          without lora_dropout (loralib's default 0.0); the paper's 0.1 is for GPT-2 on E2E (Table 11).
+      lora_targets query, value: W_q, W_v, the paper's GLUE setting (sec. 5.1; sec. 7.1 compares
+          others).
+      prompt_length 20: Lester et al. (2021) sec. 3.2 (Fig. 3a) find gains marginal beyond 20 tokens
+          (they used 100 for T5); each token lengthens every sequence, 128 -> 148 here.
+      prefix_length 20: Li & Liang (2021) sec. 7.1 find 200 best for summarisation, 10 for
+          table-to-text; 20 is PEFT's usual num_virtual_tokens.
+      prefix_hidden 512: the reparameterisation MLP's width (sec. 4.3), the reference code's mid_dim
+          (XiangLi1999/PrefixTuning).
+      train_pooler False: the methods' papers keep BERT's pretrained pooler frozen (the module
+          docstring).
+    """
+    method: str = option("full", METHOD_HELP, WHAT, kind=method_flag)
+    adapter_size: int = option(64, "m, the adapters' bottleneck width", METHOD)
+    adapter_placement: str = option("houlsby", "which adapter slots are filled (ADAPTER_SLOTS)", METHOD,
+                                    choices=tuple(ADAPTER_SLOTS))
+    adapter_act: str = option("gelu", "the bottleneck's nonlinearity (model.ACTIVATIONS)", METHOD,
+                              choices=tuple(ACTIVATIONS))
+    adapter_init_std: float = option(1e-3, "std of the adapters' truncated-normal (+-2 std) down/up "
+                                           "weights", METHOD)
+    lora_r: int = option(8, "LoRA's rank r", METHOD)
+    lora_alpha: float = option(16.0, "LoRA's update is scaled by alpha / r", METHOD)
+    lora_dropout: float = option(0.0, "dropout on the LoRA path's input", METHOD)
+    lora_targets: tuple = option(("query", "value"), f"the Linear layers LoRA adapts, a comma list of "
+                                 f"{', '.join(LORA_TARGETS)}", METHOD)
+    prompt_length: int = option(20, "V, prompt tuning's virtual tokens", METHOD)
+    prefix_length: int = option(20, "P, prefix tuning's positions per layer", METHOD)
+    prefix_hidden: int = option(512, "width of prefix tuning's reparameterisation MLP", METHOD)
+    train_pooler: bool = option(False, "also train BERT's pretrained pooler ([CLS] pooling only; `full` "
+                                       "trains it anyway)", METHOD)
+
+    def __post_init__(self):
+        self.method = canonical_method(self.method)  # "lora+bitfit" -> "bitfit+lora"; unknown names raise
+
+    def problems(self) -> list:
+        """Every bad option, one line each naming it and what it allows; [] if none. The one check
+        of the method's options, for the command line (config.TrainConfig.problems) and the API."""
+        p = []
+        if self.method != canonical_method(self.method):
+            p.append(f"method {self.method!r}: write it {canonical_method(self.method)!r}")
+        if self.adapter_placement not in ADAPTER_SLOTS:
+            p.append(f"adapter_placement {self.adapter_placement!r}: allowed {list(ADAPTER_SLOTS)}")
+        if self.adapter_act not in ACTIVATIONS:
+            p.append(f"adapter_act {self.adapter_act!r}: allowed {list(ACTIVATIONS)}")
+        if self.adapter_size < 1:
+            p.append(bad("--adapter-size", ">= 1", self.adapter_size))
+        if not (finite(self.adapter_init_std) and self.adapter_init_std > 0):
+            p.append(bad("--adapter-init-std", "finite and > 0", self.adapter_init_std))
+        if self.lora_r < 1:
+            p.append(bad("--lora-r", ">= 1", self.lora_r))
+        if not (finite(self.lora_alpha) and self.lora_alpha > 0):
+            p.append(bad("--lora-alpha", "finite and > 0", self.lora_alpha))
+        if not (finite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
+            p.append(bad("--lora-dropout", "in [0, 1)", self.lora_dropout))
+        p += lora_target_problems(self.method, self.lora_targets)
+        if not 1 <= self.prompt_length <= 512 - MIN_MAX_LENGTH:
+            p.append(bad("--prompt-length", f"in 1..{512 - MIN_MAX_LENGTH}", self.prompt_length))
+        if self.prefix_length < 1:
+            p.append(bad("--prefix-length", ">= 1", self.prefix_length))
+        if self.prefix_hidden < 1:
+            p.append(bad("--prefix-hidden", ">= 1", self.prefix_hidden))
+        return p
+
+    def validate(self) -> "MethodConfig":
+        """self, or ValueError with the first of problems()."""
+        for problem in self.problems()[:1]:
+            raise ValueError(problem)
+        return self
+
+    @classmethod
+    def from_json(cls, text: str) -> "MethodConfig":
+        raw = json.loads(text)
+        tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}  # JSON has no tuples
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in raw.items()}).validate()
+
+
+def lora_target_problems(method: str, targets) -> list:
+    """What is wrong with --lora-targets: names, repeats, and layers (IA)^3 rescales when a hybrid
+    has both (one nn.Linear can become LoRALinear or IA3Linear, not both)."""
+    if isinstance(targets, str) or not targets or len(set(targets)) != len(targets):
+        return [f"lora_targets must be a non-empty tuple of distinct names from {list(LORA_TARGETS)}, "
+                f"got {targets!r}"]
+    unknown = [f"lora target {t!r}: allowed {list(LORA_TARGETS)}" for t in targets if t not in LORA_TARGETS]
+    ia3_paths = {path for path, _ in IA3_TARGETS.values()}
+    shared = [t for t in targets if LORA_TARGETS.get(t) in ia3_paths]
+    if not unknown and {"lora", "ia3"} <= set(method.split("+")) and shared:
+        free = [t for t in LORA_TARGETS if LORA_TARGETS[t] not in ia3_paths]
+        return [f"method {method!r}: lora_targets {shared} are layers (IA)^3 rescales; "
+                f"choose lora_targets among {free}"]
+    return unknown
+
+
 # ---------------------------------------------------------------------------------- adapters
+# The names of what add_adapters inserts, as a pattern over parameter names: the one place they are
+# spelled (TRAINABLE below and audit.GROUPS read it from here).
+ADAPTER_PARAMS = r"\.adapter\.(down|up)\.(weight|bias)$"
+
+
 class Adapter(nn.Module):
     """Bottleneck adapter, x + up(act(down(x))): (B, T, H) -> (B, T, m) -> (B, T, H) (Houlsby et al.,
     2019, sec. 2.1, Fig. 2). Near-identity at init (sec. 2.1): down/up weights are truncated-normal
@@ -195,13 +248,12 @@ POOLER = (r"^bert\.pooler\.dense\.(weight|bias)$",)  # pretrained backbone; trai
 TRAINABLE = {  # method -> anchored regexes over parameter names; a parameter trains iff one matches
     "full": (r"^.+$",),  # every parameter, the pooler's included
     "bitfit": (r"\.bias$",) + HEAD,  # q/k/v/attn-out/FFN/LayerNorm/embedding-LN/pooler biases + head
-    "adapter": (r"\.adapter\.(down|up)\.(weight|bias)$", r"\.LayerNorm\.(weight|bias)$") + HEAD,
-    "lora": (r"\.lora_[AB]$",) + HEAD,
+    "adapter": (ADAPTER_PARAMS, r"\.LayerNorm\.(weight|bias)$") + HEAD,
+    "lora": (LORA_PARAMS,) + HEAD,
     "head": HEAD,
-    "prompt": (r"^bert\.embeddings\.prompt\.weight$",) + HEAD,  # the V virtual-token vectors
-    # while training: the MLP's embedding and two Linears; after merge_prefix: the prefixes `kv`
-    "prefix": (r"^bert\.encoder\.prefix\.(embedding\.weight|(hidden|out)\.(weight|bias)|kv)$",) + HEAD,
-    "ia3": (r"\.ia3_l$",) + HEAD,  # l_k, l_v, l_ff in every layer
+    "prompt": (PROMPT_PARAMS,) + HEAD,
+    "prefix": (PREFIX_PARAMS,) + HEAD,
+    "ia3": (IA3_PARAMS,) + HEAD,  # l_k, l_v, l_ff in every layer
 }
 
 
@@ -209,12 +261,6 @@ def method_patterns(method: str, train_pooler: bool = False) -> list:
     """[(part, pattern)] in force: each part's row of TRAINABLE, then ("pooler", POOLER) if asked."""
     return [(part, p) for part in method_parts(method) for p in TRAINABLE[part]] + \
         [("pooler", p) for p in (POOLER if train_pooler else ())]
-
-
-def is_trainable(name: str, method: str, train_pooler: bool = False) -> bool:
-    """A hybrid trains the union: a parameter trains iff some part's row matches it. (bitfit's bias
-    pattern also claims the biases of modules other parts add; the audit counts those as shared.)"""
-    return any(re.search(p, name) for _, p in method_patterns(method, train_pooler))
 
 
 # ------------------------------------------------------------------ merging into the weights

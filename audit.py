@@ -13,19 +13,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from adapters import mergeable_layers, method_patterns
+from adapters import ADAPTER_PARAMS, mergeable_layers, method_patterns
+from ia3 import IA3_PARAMS
+from lora import LORA_PARAMS
+from prompts import PREFIX_PARAMS, PROMPT_PARAMS
 
+# Every parameter by kind: a second view, independent of the method table (adapters.TRAINABLE), which
+# is what makes the audit an audit: it counts what trains in each kind whatever the method claims. The
+# backbone's kinds are spelled here; what a method inserts is named by the module that inserts it.
 GROUPS = (  # disjoint by construction: every parameter must match exactly one (checked in group_of)
     ("embeddings", r"^bert\.embeddings\.(word|position|token_type)_embeddings\.weight$"),
     ("attention", r"^bert\.encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$"),
     ("FFN", r"^bert\.encoder\.layer\.\d+\.(intermediate|output)\.dense\.weight$"),
     ("LayerNorm", r"^bert\..*\.LayerNorm\.weight$"),  # gains (gamma); LayerNorm biases are "biases"
     ("biases", r"^bert\.(embeddings|encoder)\.(.+\.)?(query|key|value|dense|LayerNorm)\.bias$"),  # backbone's
-    ("adapters", r"\.adapter\.(down|up)\.(weight|bias)$"),  # adapter weights and their own biases
-    ("LoRA", r"\.lora_[AB]$"),
-    ("prompt", r"^bert\.embeddings\.prompt\.weight$"),
-    ("prefix", r"^bert\.encoder\.prefix\."),  # the MLP and its embedding, or the merged prefixes
-    ("IA3", r"\.ia3_l$"),
+    ("adapters", ADAPTER_PARAMS),  # adapter weights and their own biases
+    ("LoRA", LORA_PARAMS),
+    ("prompt", PROMPT_PARAMS),
+    ("prefix", PREFIX_PARAMS),  # the MLP and its embedding, or the merged prefixes
+    ("IA3", IA3_PARAMS),
     ("pooler", r"^bert\.pooler\.dense\.(weight|bias)$"),  # BERT's pretrained pooler ([CLS] pooling only)
     ("head", r"^classifier\.(weight|bias)$"),  # the task head
 )

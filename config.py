@@ -1,21 +1,19 @@
 """A run's configuration: the TrainConfig dataclass, its command line, and per-method defaults.
 
-One declaration per option: every field of TrainConfig and of adapters.MethodConfig is a flag
-(`lora_r` -> `--lora-r`), its type the annotation's and its --help the comment on its line; a new
-field becomes a flag with no other edit. Every bad value is an error before anything loads.
+One declaration per option: a field of TrainConfig or of adapters.MethodConfig, declared with
+flags.option (its help, --help group, choices), is a flag (`lora_r` -> `--lora-r`); its range is one
+plain `if` in its class's problems(). A new option is one field and, if its values are limited, one if.
 """
 import argparse
-import inspect
-import math
 import re
 import sys
-import textwrap
 from dataclasses import dataclass, field, fields
 
 import adapters
 import glue
+from adapters import MIN_MAX_LENGTH
 from checkpoint import DEFAULT_MODEL
-from model import ACTIVATIONS
+from flags import CONTROL, GROUPS, HOW, WHAT, Parser, add_flags, bad, finite, option
 from precision import AMP_CHOICES
 
 DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head": 1e-3,
@@ -49,52 +47,41 @@ def default_lr(method: str, model: str = "") -> float:
     return min(rates[part] for part in adapters.method_parts(method))
 
 
-METHOD_HELP = (f"one of {', '.join(adapters.METHODS)}, or a hybrid of several joined by '+' "
-               "(e.g. bitfit+lora; full and head cannot be parts)")
-
-
-def method_flag(text: str) -> str:
-    """argparse type of --method: the canonical name ("lora+bitfit" -> "bitfit+lora"), or an error
-    that lists what is allowed."""
-    problem = adapters.method_problem(text)
-    if problem:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({problem})")
-    return adapters.canonical_method(text)
-
-
-def opt(default, help: str):
-    """A TrainConfig field with its --help text (the flag's default is appended by argparse)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainConfig:
-    """One training run's settings; with the method's (`options`), every flag of train.py."""
-    task: str = "mrpc"  # GLUE task
-    frac: float = 1.0  # fraction of the training pool, in (0, 1]; nested across fractions
-    epochs: int = 15  # the paper's protocol trains 15-20 epochs and watches for overfitting
-    time_budget: float = 0.0  # minutes of training time (evaluation excluded); 0 = no budget
-    seed: int = 0  # data fraction, shuffling, init of new weights, dropout
-    model: str = DEFAULT_MODEL  # local directory, "minilm", or Hugging Face hub id
-    pooling: str = ""  # "" = what the checkpoint declares
-    data_dir: str = ""  # GLUE directory; "" = $GLUE_DIR, else ~/.cache/bertfit/glue_data (the only one downloaded into)
-    out: str = ""  # run directory; "" = runs/{task}-{method}-f{frac}-s{seed}
-    lr: float = 0.0  # peak learning rate; 0 = default_lr(method, model)
-    batch_size: int = 32  # training examples per step
-    eval_batch_size: int = 128  # evaluation runs in inference mode, so it affords larger batches
-    max_length: int = 128  # tokens per example after longest-first truncation, [CLS] and [SEP]s included
-    weight_decay: float = 0.01  # AdamW decoupled decay, not applied to biases and LayerNorm
-    warmup: float = 0.06  # fraction of planned steps (or of --time-budget) for linear warm-up (RoBERTa/LoRA recipe)
-    grad_clip: float = 1.0  # max global gradient norm
-    amp: str = "auto"  # autocast precision; auto = bf16 where the hardware has it
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    eval_every: int = 0  # also evaluate every K training steps; 0 = only at epoch ends
-    compile: bool = False  # torch.compile the model
-    audit: bool = False  # print the trainable-parameter table and exit
-    resume: bool = False  # continue the run in --out from its resume.pt (refused if resume.pt is another run's)
-    overwrite: bool = False  # delete another run's files in --out first (rundir.RUN_FILES)
-    debug: bool = False  # show the traceback of an error instead of one "error:" line
-    options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)  # the method and its options
+    """One training run's settings; with the method's (`options`, adapters.MethodConfig), every flag of
+    train.py. Each field is its flag (flags.option); `problems()` checks the values."""
+    task: str = option("mrpc", "GLUE task", WHAT, choices=sorted(glue.TASKS))
+    model: str = option(DEFAULT_MODEL, 'local directory, "minilm", or Hugging Face hub id', WHAT)
+    pooling: str = option("", "cls or mean; default: what the checkpoint declares", WHAT, choices=("cls", "mean"))
+    frac: float = option(1.0, "fraction of the training pool, in (0, 1]; nested across fractions", WHAT)
+    seed: int = option(0, "data fraction, shuffling, init of new weights, dropout", WHAT)
+    lr: float = option(0.0, "peak learning rate; 0 = the method's default (default_lr)", HOW)
+    epochs: int = option(15, "the paper's protocol trains 15-20 epochs and watches for overfitting", HOW)
+    time_budget: float = option(0.0, "minutes of training time (evaluation excluded); 0 = no budget", HOW)
+    batch_size: int = option(32, "training examples per step", HOW)
+    max_length: int = option(128, "tokens per example after longest-first truncation, [CLS] and [SEP]s "
+                                  "included", HOW)
+    weight_decay: float = option(0.01, "AdamW decoupled decay, not applied to biases and LayerNorm", HOW)
+    warmup: float = option(0.06, "fraction of planned steps (or of --time-budget) for linear warm-up "
+                                 "(RoBERTa/LoRA recipe)", HOW)
+    grad_clip: float = option(1.0, "max global gradient norm", HOW)
+    amp: str = option("auto", "autocast precision; auto = bf16 where the hardware has it", HOW,
+                      choices=AMP_CHOICES)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N", HOW)
+    compile: bool = option(False, "torch.compile the model", HOW)
+    eval_batch_size: int = option(128, "evaluation runs in inference mode, so it affords larger batches",
+                                  CONTROL)
+    eval_every: int = option(0, "also evaluate every K training steps; 0 = only at epoch ends", CONTROL)
+    data_dir: str = option("", "GLUE directory; default: $GLUE_DIR, else ~/.cache/bertfit/glue_data (the "
+                               "only one downloaded into)", CONTROL)
+    out: str = option("", "run directory; default: runs/{task}-{method}-f{frac}-s{seed}", CONTROL)
+    resume: bool = option(False, "continue the run in --out from its resume.pt (refused if resume.pt is "
+                                 "another run's)", CONTROL)
+    overwrite: bool = option(False, "delete another run's files in --out first (rundir.RUN_FILES)", CONTROL)
+    audit: bool = option(False, "print the trainable-parameter table and exit", CONTROL)
+    debug: bool = option(False, 'show the traceback of an error instead of one "error:" line', CONTROL)
+    options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)  # the method, its options
 
     @property
     def method(self) -> str:
@@ -102,104 +89,68 @@ class TrainConfig:
 
     def record(self) -> dict:
         """results.json's "config": every flag's value, the method's options flattened beside the
-        run's (a tuple as the comma list the flag takes)."""
+        run's (a tuple as the comma list the flag takes); task and method first."""
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
         method = {f.name: getattr(self.options, f.name) for f in fields(self.options)}
-        return {**own, **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in method.items()}}
+        flat = {**own, **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in method.items()}}
+        return {"task": flat.pop("task"), "method": flat.pop("method"), **flat}
+
+    def problems(self) -> list:
+        """Every bad value, one line each naming the flag and what it allows; [] if none. Choices
+        (task, amp, pooling) are argparse's to check; the method's options are MethodConfig's."""
+        p = []
+        if not (finite(self.frac) and 0 < self.frac <= 1):
+            p.append(bad("--frac", "in (0, 1]", self.frac))
+        if self.epochs < 1:
+            p.append(bad("--epochs", ">= 1", self.epochs))
+        if not (finite(self.time_budget) and self.time_budget >= 0):
+            p.append(bad("--time-budget", "finite minutes >= 0 (0 = no budget)", self.time_budget))
+        if not 0 <= self.seed <= 2**32 - 1:
+            p.append(bad("--seed", "in 0..2**32-1 (numpy's seed range)", self.seed))
+        if not self.model.strip():
+            p.append(bad("--model", "a directory, 'minilm' or a hub id, not empty", self.model))
+        if not (finite(self.lr) and self.lr >= 0):
+            p.append(bad("--lr", "finite and >= 0 (0 = the method's default)", self.lr))
+        if self.batch_size < 1:
+            p.append(bad("--batch-size", ">= 1", self.batch_size))
+        if self.eval_batch_size < 1:
+            p.append(bad("--eval-batch-size", ">= 1", self.eval_batch_size))
+        if not MIN_MAX_LENGTH <= self.max_length <= 512:
+            p.append(bad("--max-length", f"in {MIN_MAX_LENGTH}..512 (below {MIN_MAX_LENGTH} a sentence pair "
+                                         "keeps almost no real tokens)", self.max_length))
+        if not (finite(self.weight_decay) and self.weight_decay >= 0):
+            p.append(bad("--weight-decay", "finite and >= 0", self.weight_decay))
+        if not (finite(self.warmup) and 0 <= self.warmup < 1):  # 1 leaves no decay phase: lr_factor / 0
+            p.append(bad("--warmup", "in [0, 1)", self.warmup))
+        if not (finite(self.grad_clip) and self.grad_clip > 0):
+            p.append(bad("--grad-clip", "finite and > 0 (0 would zero every gradient, < 0 flip it)",
+                         self.grad_clip))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            p.append(bad("--device", "auto, cpu, cuda or cuda:N", self.device))
+        if self.eval_every < 0:
+            p.append(bad("--eval-every", ">= 0 (0 = only at epoch ends)", self.eval_every))
+        for f in fields(self):  # the flags' choices, for a TrainConfig made without the command line
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed and value not in (*allowed, f.default):
+                p.append(bad("--" + f.name.replace("_", "-"), f"one of {', '.join(allowed)}", value))
+        if self.resume and self.overwrite:
+            p.append("--resume and --overwrite contradict each other: continue the run, or delete it")
+        return p + (self.options.problems() if not p else [])
 
 
-CHOICES = {"task": sorted(glue.TASKS), "amp": AMP_CHOICES, "pooling": ("cls", "mean"),
-           "adapter_placement": tuple(adapters.ADAPTER_SLOTS), "adapter_act": tuple(ACTIVATIONS)}
-TYPES = {"method": method_flag}  # hybrids: not a fixed list of choices
+# The fields that do not define a run: where things are, how evaluation is batched and how often,
+# compile, and the switches. They change neither the data, the updates nor the scores, so a run may be
+# resumed with other values; every other field of record() is compared (rundir.run_fields).
+NOT_RUN_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile", "audit",
+                  "resume", "overwrite", "debug")
 
 
-def comma_list(text: str) -> tuple:
-    return tuple(t for t in text.split(",") if t)
-
-
-def field_help(cls) -> dict:
-    """{field: the comment on its line} from the dataclass's source: a field's comment is its --help."""
-    return dict(re.findall(r"^    (\w+): [^#\n]+#\s*(.+)$", textwrap.dedent(inspect.getsource(cls)), flags=re.M))
-
-
-def add_flags(parser: argparse.ArgumentParser, cls, skip=()):
-    """One flag per field of the dataclass `cls`, of the field's type: bools switch on and off
-    (--compile, --no-compile), tuples take a comma list."""
-    helps = field_help(cls)
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        if f.name not in helps:
-            raise TypeError(f"{cls.__name__}.{f.name} needs a comment on its line: it is the flag's --help")
-        flag, default = "--" + f.name.replace("_", "-"), f.default
-        if f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps[f.name])
-            continue
-        kind = TYPES.get(f.name) or (comma_list if f.type is tuple else f.type)
-        shown = ",".join(default) if f.type is tuple else default
-        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
-                            help=f"{helps[f.name]} (default: {shown!s})")
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-MIN_MAX_LENGTH = 8  # [CLS] A [SEP] B [SEP] is 3 special tokens: 8 leaves a pair 5 real tokens, 2-3 per sentence
-
-# The allowed values of every numeric or free-text field: name -> (test, what is allowed). One function
-# applies them (check_values); study/sweep.py and study/bench.py apply the same entries to the flags they share.
-# Fields with a fixed list of values (task, amp, pooling, adapter_placement, adapter_act) are argparse choices
-# (CHOICES); method and lora_targets are checked by adapters (method_flag, MethodConfig.validate).
-CHECKS = {
-    "frac": (lambda x: finite(x) and 0 < x <= 1, "in (0, 1]"),
-    "epochs": (lambda x: x >= 1, ">= 1"),
-    "time_budget": (lambda x: finite(x) and x >= 0, "finite minutes >= 0 (0 = no budget)"),
-    "seed": (lambda x: 0 <= x <= 2**32 - 1, "in 0..2**32-1 (numpy's seed range)"),
-    "model": (lambda x: x.strip() != "", "a directory, 'minilm' or a hub id, not empty"),
-    "lr": (lambda x: finite(x) and x >= 0, "finite and >= 0 (0 = the method's default)"),
-    "batch_size": (lambda x: x >= 1, ">= 1"),
-    "eval_batch_size": (lambda x: x >= 1, ">= 1"),
-    "max_length": (lambda x: MIN_MAX_LENGTH <= x <= 512,
-                   f"in {MIN_MAX_LENGTH}..512 (below {MIN_MAX_LENGTH} a sentence pair keeps almost no real tokens)"),
-    "weight_decay": (lambda x: finite(x) and x >= 0, "finite and >= 0"),
-    # 1 would leave no decay phase and divide by zero in lr_factor under --time-budget
-    "warmup": (lambda x: finite(x) and 0 <= x < 1, "in [0, 1)"),
-    "grad_clip": (lambda x: finite(x) and x > 0, "finite and > 0 (0 would zero every gradient, < 0 flip it)"),
-    "device": (lambda x: re.fullmatch(r"auto|cpu|cuda(:\d+)?", x) is not None, "auto, cpu, cuda or cuda:N"),
-    "eval_every": (lambda x: x >= 0, ">= 0 (0 = only at epoch ends)"),
-    "adapter_size": (lambda x: x >= 1, ">= 1"),
-    "adapter_init_std": (lambda x: finite(x) and x > 0, "finite and > 0"),
-    "lora_r": (lambda x: x >= 1, ">= 1"),
-    "lora_alpha": (lambda x: finite(x) and x > 0, "finite and > 0"),
-    "lora_dropout": (lambda x: finite(x) and 0 <= x < 1, "in [0, 1)"),
-    "prompt_length": (lambda x: 1 <= x <= 512 - MIN_MAX_LENGTH, f"in 1..{512 - MIN_MAX_LENGTH}"),
-    "prefix_length": (lambda x: x >= 1, ">= 1"),
-    "prefix_hidden": (lambda x: x >= 1, ">= 1"),
-}
-
-
-def value_problem(name: str, value, flag: str = None):
-    """'--grad-clip must be finite and > 0 (...), got 0.0', or None when CHECKS[name] allows `value`."""
-    test, allowed = CHECKS[name]
-    if test(value):
-        return None
-    return f"{flag or '--' + name.replace('_', '-')} must be {allowed}, got {value!r}"
-
-
-def check_values(cfg: TrainConfig) -> list:
-    """Every problem with cfg's values, one line each naming the flag and what it allows; [] if none."""
-    values = cfg.record()  # the method's options beside the run's fields
-    problems = [value_problem(name, value) for name, value in values.items() if name in CHECKS]
-    problems = [p for p in problems if p]
-    if cfg.resume and cfg.overwrite:
-        problems.append("--resume and --overwrite contradict each other: continue the run, or delete it")
-    if not problems:
-        try:
-            cfg.options.validate()
-        except ValueError as e:
-            problems.append(str(e))
-    return problems
+def value_problems(name: str, value, flag: str = "") -> list:
+    """TrainConfig's problems() with one field set to `value`, named by the caller's `flag` where it
+    has its own (--seeds for --seed): how study/sweep.py, study/bench.py and predict.py apply train.py's
+    checks to the values they share with it."""
+    lines = TrainConfig(**{name: value}).problems()
+    return [flag + line[line.index(" "):] if flag else line for line in lines]
 
 
 def check_positions(cfg: TrainConfig, max_positions: int):
@@ -212,21 +163,32 @@ def check_positions(cfg: TrainConfig, max_positions: int):
                          f"shorten {'--max-length or --prompt-length' if prompt else '--max-length'}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """train.py's command line: a flag per field of TrainConfig and of adapters.MethodConfig."""
-    p = argparse.ArgumentParser(prog="train.py", description="Fine-tune BERT on one GLUE task with one method.")
-    add_flags(p, TrainConfig, skip=("options",))
-    add_flags(p, adapters.MethodConfig)
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """train.py's command line: a flag per field of TrainConfig and of adapters.MethodConfig, in
+    --help's groups; --lr's default is shown as the rate the given --method and --model will use."""
+    p = Parser(prog="train.py", usage="%(prog)s [--task T] [--method M] [--model M] [--frac F] [...]",
+               description="Fine-tune BERT on one GLUE task with one method. Every flag:")
+    given = Parser(add_help=False)  # what --help needs to show --lr's real default
+    given.add_argument("--method", type=adapters.method_flag, default="full")
+    given.add_argument("--model", default=DEFAULT_MODEL)
+    try:
+        pre = given.parse_known_args(argv)[0]
+    except SystemExit:  # a bad --method: the full parser says so
+        pre = given.parse_known_args([])[0]
+    rate = f"{default_lr(pre.method, pre.model):g} for --method {pre.method} --model {pre.model}"
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    add_flags(groups, TrainConfig, skip=("options",), shown={"lr": rate})
+    add_flags(groups, adapters.MethodConfig)
     return p
 
 
 def parse_args(argv=None) -> TrainConfig:
     """CLI -> TrainConfig; every bad value is an error before anything loads."""
-    p = build_parser()
+    p = build_parser(argv)
     args = vars(p.parse_args(argv))
     options = {f.name: args.pop(f.name) for f in fields(adapters.MethodConfig)}
     cfg = TrainConfig(**args, options=adapters.MethodConfig(**options))
-    for problem in check_values(cfg)[:1]:
+    for problem in cfg.problems()[:1]:
         p.error(problem)
     cfg.lr = cfg.lr or default_lr(cfg.method, cfg.model)
     cfg.out = cfg.out or f"runs/{cfg.task}-{cfg.method}-f{cfg.frac:g}-s{cfg.seed}"

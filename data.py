@@ -20,6 +20,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from glue import Task, get_task
+from glue import Task
 from glue.download import ensure_task, resolve_data_dir
 from glue.task import SPLITS
 
@@ -38,37 +39,12 @@ BUCKET_CHUNK = 50  # length-bucketing sorts chunks of this many batches
 CACHE_VERSION = b"bertfit-encoded-v1"  # change when the cache layout or parsing changes
 
 
-def check_task_files(task_name: str, data_dir_arg=None) -> Path:
-    """Before the model loads: make sure the task's files are there and parse every row (a malformed
-    one fails now, naming file:line); -> the data directory. An explicit directory (--data-dir or
-    $GLUE_DIR) is never downloaded into: a missing file is an error that names it and the command
-    that fetches it. Only the default directory is filled by glue.download.ensure_task."""
-    task, data_dir = get_task(task_name), resolve_data_dir(data_dir_arg)
-    source = "--data-dir" if data_dir_arg else "$GLUE_DIR" if os.environ.get("GLUE_DIR") else None
-    if source:
-        if not data_dir.is_dir():
-            raise FileNotFoundError(f"{source} {data_dir} is not a directory")
-        missing = [spec.name for spec in task.files.values() if not (data_dir / task.dir_name / spec.name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{data_dir / task.dir_name}: no {', '.join(missing)} in the data directory "
-                                    f"given by {source}; fetch it with `python -m glue.download --tasks "
-                                    f"{task.name} --dir {data_dir}`")
-    ensure_task(task, data_dir)
-    for split in SPLITS:
-        read_split(task, split, data_dir)
-    return data_dir
-
-
 @dataclass
 class Example:
     text_a: str
     text_b: str | None  # None for single-sentence tasks (CoLA)
     label: int | float | None  # class id, score (STS-B), or None in GLUE's unlabeled test files
     line: int  # 1-based line number in the file
-
-
-def _task(task) -> Task:
-    return get_task(task) if isinstance(task, str) else task
 
 
 def _parse_label(raw: str, task: Task, where: str):
@@ -87,9 +63,8 @@ def _parse_label(raw: str, task: Task, where: str):
     return int(raw)
 
 
-def read_split(task, split: str, data_dir) -> list[Example]:
+def read_split(task: Task, split: str, data_dir) -> list[Example]:
     """Every example of one of GLUE's files ("train", "dev", "test") as Examples, in file order."""
-    task = _task(task)
     if split not in task.files:
         raise ValueError(f"split {split!r}: allowed {list(task.files)}")
     spec = task.files[split]
@@ -123,6 +98,35 @@ def read_split(task, split: str, data_dir) -> list[Example]:
 
 
 @dataclass
+class TaskFiles:
+    """A task's files, found and parsed once (read_task_files); load_task_data tokenizes them."""
+    task: Task
+    data_dir: Path
+    raw: dict  # split -> the file's bytes: part of the tokenization cache's key
+    examples: dict  # split -> [Example] in file order
+
+
+def read_task_files(task: Task, data_dir_arg=None) -> TaskFiles:
+    """Before the model loads: make sure the task's files are there and parse every row (a malformed
+    one fails now, naming file:line). An explicit directory (--data-dir or $GLUE_DIR) is never
+    downloaded into: a missing file is an error that names it and the command that fetches it. Only
+    the default directory is filled by glue.download.ensure_task."""
+    data_dir = resolve_data_dir(data_dir_arg)
+    source = "--data-dir" if data_dir_arg else "$GLUE_DIR" if os.environ.get("GLUE_DIR") else None
+    if source:
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"{source} {data_dir} is not a directory")
+        missing = [spec.name for spec in task.files.values() if not (data_dir / task.dir_name / spec.name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{data_dir / task.dir_name}: no {', '.join(missing)} in the data directory "
+                                    f"given by {source}; fetch it with `python -m glue.download --tasks "
+                                    f"{task.name} --dir {data_dir}`")
+    ensure_task(task, data_dir)
+    raw = {split: (data_dir / task.dir_name / task.files[split].name).read_bytes() for split in SPLITS}
+    return TaskFiles(task, data_dir, raw, {split: read_split(task, split, data_dir) for split in SPLITS})
+
+
+@dataclass
 class EncodedSplit:
     input_ids: list  # per example: [CLS] A [SEP] (B [SEP]) token ids, unpadded, at most max_length
     token_type_ids: list  # per example: 0 for A, 1 for B
@@ -141,8 +145,8 @@ class EncodedSplit:
                             self.pad_id, self.source)
 
 
-def _tokenize(task: Task, split: str, tokenizer, data_dir: Path, max_length: int) -> EncodedSplit:
-    examples = read_split(task, split, data_dir)
+def _tokenize(files: TaskFiles, split: str, tokenizer, max_length: int) -> EncodedSplit:
+    task, examples = files.task, files.examples[split]
     texts_b = None if task.files[split].text_b is None else [e.text_b for e in examples]
     encoded = tokenizer([e.text_a for e in examples], texts_b, max_length=max_length)
     labels = None
@@ -175,12 +179,18 @@ def _save(path: Path, split: EncodedSplit):
 
 
 def _load(path: Path) -> EncodedSplit:
+    """A cache file _save wrote; one that is truncated, not an npz, or whose arrays do not fit together
+    raises (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError), and encode_split rebuilds it."""
     with np.load(path, allow_pickle=False) as z:
-        bounds = list(zip(z["offsets"][:-1], z["offsets"][1:]))
-        ids, types = z["input_ids"], z["token_type_ids"]
+        offsets, ids, types, lines = z["offsets"], z["input_ids"], z["token_type_ids"], z["lines"]
+        labels = z["labels"] if "labels" in z else None
+        n = len(offsets) - 1
+        if n < 0 or offsets[-1] != len(ids) or len(types) != len(ids) or len(lines) != n or \
+                (labels is not None and len(labels) != n) or (np.diff(offsets) < 0).any():
+            raise ValueError("its arrays do not fit together")
+        bounds = list(zip(offsets[:-1], offsets[1:]))
         return EncodedSplit([ids[a:b].tolist() for a, b in bounds], [types[a:b].tolist() for a, b in bounds],
-                            z["labels"] if "labels" in z else None, z["lines"], int(z["pad_id"]),
-                            str(z["source"]))
+                            labels, lines, int(z["pad_id"]), str(z["source"]))
 
 
 def _tokenizer_identity(tokenizer) -> bytes:
@@ -192,21 +202,24 @@ def _tokenizer_identity(tokenizer) -> bytes:
     return copy.to_str().encode()
 
 
-def encode_split(task, split: str, tokenizer, data_dir, max_length: int = 128, cache_dir=None) -> EncodedSplit:
+def encode_split(files: TaskFiles, split: str, tokenizer, max_length: int = 128, cache_dir=None) -> EncodedSplit:
     """Tokenize one of GLUE's files once per (file contents, tokenizer, max_length): cached on disk in
     cache_dir (default data_dir/.cache), keyed by a sha256 of the tokenizer's serialization
     (`tokenizer.tok.to_str()`), max_length, the task's reading rules and the file's bytes."""
-    task, data_dir = _task(task), Path(data_dir)
+    task, data_dir, raw = files.task, files.data_dir, files.raw[split]
     spec = task.files[split]
     rules = repr((task.name, task.num_labels, task.score_range, spec)).encode()
-    raw = (data_dir / task.dir_name / spec.name).read_bytes()
     key = hashlib.sha256(b"\0".join([CACHE_VERSION, _tokenizer_identity(tokenizer), str(max_length).encode(),
                                      rules, raw])).hexdigest()
     path = Path(cache_dir or data_dir / ".cache") / f"{task.name}-{split}-{key[:20]}.npz"
+    encoded = None
     if path.is_file():
-        encoded = _load(path)
-    else:
-        encoded = _tokenize(task, split, tokenizer, data_dir, max_length)
+        try:
+            encoded = _load(path)
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:  # cut short, overwritten
+            warnings.warn(f"{path}: corrupt tokenization cache entry ({type(e).__name__}: {e}); rebuilding it")
+    if encoded is None:
+        encoded = _tokenize(files, split, tokenizer, max_length)
         try:
             _save(path, encoded)
         except OSError as e:  # a read-only data directory only costs the disk cache
@@ -245,16 +258,14 @@ class TaskData:
     pool_size: int  # examples in the train pool (GLUE train minus validation)
 
 
-def load_task_data(task_name: str, tokenizer, data_dir=None, max_length: int = 128, frac: float = 1.0,
-                   seed: int = 0, cache_dir=None) -> TaskData:
-    """All splits of a task, tokenized, per the protocol in this module's docstring. data_dir: see
-    glue.download.resolve_data_dir. Downloads the task's files first if they are missing (ensure_task)."""
-    task = get_task(task_name)
+def load_task_data(files: TaskFiles, tokenizer, max_length: int = 128, frac: float = 1.0, seed: int = 0,
+                   cache_dir=None) -> TaskData:
+    """All splits of a task (its files as read_task_files found them), tokenized, per the protocol in
+    this module's docstring."""
+    task = files.task
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1], got {frac}")
-    data_dir = resolve_data_dir(data_dir)
-    ensure_task(task, data_dir)
-    encoded = {split: encode_split(task, split, tokenizer, data_dir, max_length, cache_dir) for split in SPLITS}
+    encoded = {split: encode_split(files, split, tokenizer, max_length, cache_dir) for split in SPLITS}
     full = encoded["train"]
     val_idx = stratified_subset(strata(task, full.labels), VAL_FRACTION, SPLIT_SEED)
     pool_idx = np.setdiff1d(np.arange(len(full)), val_idx)

@@ -29,6 +29,10 @@ IA3_TARGETS = {  # name -> (module path inside bert.encoder.layer.N, which side 
 }
 
 
+# The name of what add_ia3 inserts, as a pattern over parameter names: the one place it is spelled
+# (adapters.TRAINABLE, audit.GROUPS and saving.export_merged read it from here).
+IA3_PARAMS = r"\.ia3_l$"
+
 class IA3Linear(nn.Linear):
     """nn.Linear with its output (side="out") or input (side="in") rescaled elementwise by `ia3_l`."""
 

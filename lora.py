@@ -25,6 +25,9 @@ from model import Dropout
 from surgery import from_linear, keep, restore, swap_linears
 
 # short name -> module path inside `bert.encoder.layer.N.` (the HF state-dict key, less ".weight")
+# The names of what add_lora inserts, as a pattern over parameter names: the one place they are
+# spelled (adapters.TRAINABLE, audit.GROUPS and saving.export_merged read it from here).
+LORA_PARAMS = r"\.lora_[AB]$"
 LORA_TARGETS = {
     "query": "attention.self.query",
     "key": "attention.self.key",

@@ -23,8 +23,7 @@ from safetensors import SafetensorError
 import data
 import glue
 import saving
-from config import CHECKS
-from glue.download import ensure_task, resolve_data_dir
+from config import value_problems
 
 DEFAULT_MAX_LENGTH = 128  # train.py's default; a run's own --max-length is read from its results.json
 
@@ -43,21 +42,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(argv)
-    ok, allowed = CHECKS["max_length"]
-    if args.max_length and not ok(args.max_length):  # train.py's check (0: the run's own)
-        p.error(f"--max-length must be {allowed}, got {args.max_length}")
+    for problem in value_problems("max_length", args.max_length)[:1] if args.max_length else []:
+        p.error(problem)  # train.py's check (0: the run's own)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
 
 
 def run_max_length(checkpoint: Path) -> int:
-    """The --max-length the run trained with, from results.json beside the checkpoint, else 128."""
+    """The --max-length the run trained with, from results.json beside the checkpoint; 128 when there is
+    none. A results.json that cannot say (not JSON, no config.max_length) is an error naming it: a
+    guess would tokenize differently from training."""
     results = checkpoint.parent / "results.json"
-    try:
-        return int(json.loads(results.read_text())["config"]["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
+    if not results.is_file():
         return DEFAULT_MAX_LENGTH
+    try:
+        value = json.loads(results.read_text())["config"]["max_length"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{results}: not valid JSON ({e}); pass --max-length") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{results}: no config.max_length (not a results.json of train.py?); pass --max-length") \
+            from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{results}: config.max_length {value!r} is not a positive integer; pass --max-length")
+    return value
+
+
+def check_max_length(model, max_length: int, checkpoint: Path):
+    """The tokens of an example (with a soft prompt's virtual tokens) must fit the position table."""
+    prompt = model.bert.embeddings.prompt
+    virtual = 0 if prompt is None else prompt.weight.shape[0]
+    positions = model.config.max_position_embeddings
+    if max_length + virtual > positions:
+        source = "--max-length" if checkpoint is None else f"max_length of {checkpoint.parent / 'results.json'}"
+        raise ValueError(f"{source} {max_length}{f' + {virtual} virtual tokens' if virtual else ''} > the "
+                         f"{positions} positions of the run's model")
 
 
 def load(checkpoint: Path, device) -> tuple:
@@ -92,10 +111,12 @@ def glue_predictions(task, logits: np.ndarray) -> list:
 
 
 def write_glue_test(model, tokenizer, task, args, checkpoint: Path) -> Path:
-    data_dir = resolve_data_dir(args.data_dir or None)
-    ensure_task(task, data_dir)
-    split = data.encode_split(task, "test", tokenizer, data_dir, args.max_length)
-    assert split.labels is None and len(split) == task.files["test"].examples
+    files = data.read_task_files(task, args.data_dir or None)  # the task's files, found and parsed once
+    split = data.encode_split(files, "test", tokenizer, args.max_length)
+    expected = task.files["test"].examples
+    if split.labels is not None or len(split) != expected:  # GLUE's server scores rows by index: all of them
+        raise ValueError(f"{files.data_dir / task.dir_name / task.files['test'].name}: {len(split)} examples, "
+                         f"GLUE's {task.dir_name} test set has {expected}: a submission must predict every one")
     predictions = glue_predictions(task, logits_of(model, split, args.batch_size, args.device))
     out = Path(args.out) if args.out else checkpoint.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -133,11 +154,13 @@ def predict_text(model, tokenizer, task, texts: list, args) -> str:
 def main(argv=None):
     args = parse_args(argv)
     checkpoint = Path(args.checkpoint)
-    args.max_length = args.max_length or run_max_length(checkpoint)
     try:
+        given = args.max_length
+        args.max_length = given or run_max_length(checkpoint)
         args.device = torch.device(args.device if args.device != "auto" else
                                    "cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer, task = load(checkpoint, args.device)
+        check_max_length(model, args.max_length, None if given else checkpoint)
         if args.glue_test:
             path = write_glue_test(model, tokenizer, task, args, checkpoint)
             print(f"{path}: {task.files['test'].examples} predictions for GLUE's {task.dir_name} test set")

@@ -33,6 +33,11 @@ keeps PyTorch's default init, as PEFT's PrefixEncoder does.
 import torch
 import torch.nn as nn
 
+# The names of what add_prompt and add_prefix insert, as patterns over parameter names: the one place
+# they are spelled (adapters.TRAINABLE and audit.GROUPS read them from here). A prefix is, while
+# training, the MLP's embedding and two Linears; after merge_prefix, the prefixes `kv`.
+PROMPT_PARAMS = r"^bert\.embeddings\.prompt\.weight$"  # the V virtual-token vectors
+PREFIX_PARAMS = r"^bert\.encoder\.prefix\.(embedding\.weight|(hidden|out)\.(weight|bias)|kv)$"
 PROMPT_INIT_IDS = (1996, 6996)  # bert-base-uncased vocabulary: the 5,000 most frequent whole words
 
 

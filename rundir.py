@@ -2,7 +2,7 @@
 state is the same run, and record a failure in results.json instead of leaving it "running".
 
 What a run leaves in --out is RUN_FILES. Reusing a directory that holds another run's files is
-refused unless --resume continues that run (its configuration must match, RUN_FIELDS) or --overwrite
+refused unless --resume continues that run (its configuration must match, run_fields) or --overwrite
 deletes the files first; study/sweep.py's train.log is not a run file (the sweep appends to it before
 train.py starts).
 """
@@ -12,22 +12,12 @@ import traceback
 from pathlib import Path
 
 import saving
+from config import NOT_RUN_FIELDS
 
 RUN_FILES = ("results.json", "evals.jsonl", "best.safetensors", "resume.pt", "audit.txt",
              "results.json.tmp", "resume.pt.tmp")
 KEPT = ("results.json", "best.safetensors", "resume.pt")  # what a run has to show once it finished an epoch
 # (or was interrupted): a directory with only audit.txt / evals.jsonl holds nothing worth protecting
-# The fields that define a run: the data (task, frac, seed, max_length), the model, the method and its
-# options, and everything that shapes training (rate, schedule, batch, precision). A resume.pt saved
-# under other values would continue another run. Left out, because they change neither the data, the
-# updates nor the scores: where things are (data_dir, out, device), evaluation batch size and
-# frequency, compile, and the switches (audit, resume, overwrite, debug).
-RUN_FIELDS = ("task", "method", "frac", "seed", "model", "pooling", "max_length", "epochs", "time_budget",
-              "lr", "batch_size", "weight_decay", "warmup", "grad_clip", "amp",
-              "adapter_size", "adapter_placement", "adapter_act", "adapter_init_std", "lora_r", "lora_alpha",
-              "lora_dropout", "lora_targets", "prompt_length", "prefix_length", "prefix_hidden", "train_pooler")
-OTHER_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile", "audit", "resume",
-                "overwrite", "debug")  # the rest of the config: every field is in one of the two (tested)
 WHAT_TO_DO = "pass --resume to continue it, choose another --out, or pass --overwrite to delete its files first"
 
 
@@ -42,15 +32,21 @@ def describe(results: dict) -> str:
             f"status {results.get('status', '?')}")
 
 
+def run_fields(record: dict) -> dict:
+    """The entries of a config record (cfg.record()) that define a run: all but config.NOT_RUN_FIELDS.
+    A resume.pt saved under other values would continue another run."""
+    return {k: v for k, v in record.items() if k not in NOT_RUN_FIELDS}
+
+
 def differences(saved: dict, cfg) -> list:
-    """'frac 0.3 (asked 0.5)' for every RUN_FIELDS entry where a saved config (results.json's
+    """'frac 0.3 (asked 0.5)' for every run field (run_fields) where a saved config (results.json's
     "config", cfg.record()) differs from cfg's."""
-    asked = cfg.record()
-    return [f"{k} {saved[k]!r} (asked {asked[k]!r})" for k in RUN_FIELDS if k in saved and saved[k] != asked[k]]
+    asked = run_fields(cfg.record())
+    return [f"{k} {saved[k]!r} (asked {v!r})" for k, v in asked.items() if k in saved and saved[k] != v]
 
 
 def check_resume_matches(saved_config: dict, cfg, source: Path):
-    """Refuse to continue a run whose configuration (from `source`) differs in a RUN_FIELDS entry."""
+    """Refuse to continue a run whose configuration (from `source`) differs in a run field."""
     diff = differences(saved_config, cfg)
     if diff:
         raise RunDirError(f"--resume: {source} belongs to another run: {'; '.join(diff)}. "

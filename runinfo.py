@@ -1,5 +1,5 @@
-"""What a run measures and records about itself: a device-synchronized timer, peak memory, the
-environment, and results.json's layout (the baseline beside every score)."""
+"""What a run measures about itself: a device-synchronized timer, peak memory, the environment, and
+strict JSON written atomically (record.py holds results.json's layout)."""
 import json
 import math
 import os
@@ -8,7 +8,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from precision import cpu_has_bf16
@@ -93,42 +92,3 @@ def write_json(path, obj):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(strict_json(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def new_results(cfg, task, task_data, pooling: str, report, env: dict) -> dict:
-    """results.json at the start of a run (train.py): what it is, what trains (report: audit.Audit), the
-    data, the baseline to beat; the loop fills in epochs, evals, best, time and status."""
-    return {"task": cfg.task, "method": cfg.method, "frac": cfg.frac, "seed": cfg.seed, "model": cfg.model,
-            "pooling": pooling, "status": "running",
-            "params": {"total": report.total, "trainable": report.trainable,
-                       "by_group": {g: {"trainable": t, "total": n} for g, t, n in report.rows}},
-            "freeze_audit": "not run",
-            "data": {"train_examples": len(task_data.train), "val_examples": len(task_data.val),
-                     "test_examples": len(task_data.test)},
-            "baseline": baseline_scores(task, task_data),
-            # GLUE dev's labels in file order, beside best.test_predictions: a paired bootstrap
-            # over test examples (study/report.py) needs both and no data files
-            "test_labels": prediction_list(task_data.test.labels, task.is_regression),
-            "epochs": [], "evals": [], "best": None,
-            "time": {"train_seconds": 0.0, "eval_seconds": 0.0, "peak_memory_bytes": 0},
-            "nonfinite_steps": 0, "environment": env, "config": cfg.record()}
-
-
-def baseline_scores(task, task_data) -> dict:
-    """The scores of task.constant_prediction (the training labels' majority class, or their mean
-    score) on val and test: what a run that learned nothing from the text gets."""
-    constant = task.constant_prediction(task_data.train.labels)
-    return {"name": task.baseline_name, "prediction": constant,
-            **{name: task.compute_metrics(np.full(len(split), constant), split.labels)
-               for name, split in (("val", task_data.val), ("test", task_data.test))}}
-
-
-def prediction_list(preds: np.ndarray, regression: bool) -> list:
-    """JSON-ready predictions: class ids as ints, scores rounded to 5 decimals (far below a score's noise)."""
-    return [round(float(x), 5) for x in preds] if regression else [int(x) for x in preds]
-
-
-def scores_vs_baseline(line: dict, baseline: dict, metric: str) -> str:
-    """'val f1 0.8400 | test f1 0.8307 (majority 0.8122)': a score always beside the floor it must beat."""
-    return " | ".join(f"{split} {metric} {line[split][metric]:.4f} ({baseline['name']} {baseline[split][metric]:.4f})"
-                      for split in ("val", "test"))

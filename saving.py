@@ -29,6 +29,8 @@ from safetensors.torch import load_file, save_file
 from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
 from audit import fingerprint
 from checkpoint import load_pretrained
+from ia3 import IA3_PARAMS
+from lora import LORA_PARAMS
 from hf import export_dir, export_peft, import_peft, transformers_config  # noqa: F401 (export_peft, import_peft: re-exported)
 from prompts import PrefixEncoder, SoftPrompt, merge_prefix
 
@@ -269,7 +271,7 @@ def export_merged(model: nn.Module, path, tokenizer=None, task=None, replace: bo
         m.merge()
     try:  # clone: on CPU .cpu() aliases the parameter, which unmerge() below overwrites
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                 if not re.search(r"\.(lora_[AB]|ia3_l)$", k)}
+                 if not re.search(LORA_PARAMS, k) and not re.search(IA3_PARAMS, k)}
     finally:
         for m in layers:
             if id(m) not in was_merged:

@@ -37,8 +37,8 @@ import saving
 from checkpoint import load_pretrained
 from config import TrainConfig, check_positions, parse_args, run_cli
 from precision import autocast, grad_scaler, pick_amp, pick_device
-from runinfo import (SyncTimer, environment, new_results, peak_memory_bytes, prediction_list, reset_peak_memory,
-                     scores_vs_baseline, strict_json, write_json)
+from record import Results
+from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, strict_json
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
 MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
@@ -47,8 +47,8 @@ MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
 def main(argv=None):
     cfg = parse_args(argv)
     dist.init()
-    task, device = glue.get_task(cfg.task), pick_device(cfg.device)
-    resume_state, data_dir = check_before_loading(cfg)
+    task, device = glue.get_task(cfg.task), pick_device(cfg.device)  # the Task, looked up once
+    resume_state, files = check_before_loading(cfg, task)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
                                        verbose=dist.is_main())
@@ -64,20 +64,19 @@ def main(argv=None):
     (out / "audit.txt").write_text(report.table() + "\n")
     model.to(device)
     amp_dtype = pick_amp(cfg.amp, device)
-    task_data = data.load_task_data(cfg.task, tokenizer, data_dir, max_length=cfg.max_length,
-                                    frac=cfg.frac, seed=cfg.seed)
+    task_data = data.load_task_data(files, tokenizer, max_length=cfg.max_length, frac=cfg.frac, seed=cfg.seed)
     optimizer = build_optimizer(trainable, cfg, device)
     audit.assert_optimizer_matches(optimizer, trainable)
     frozen_fingerprint = audit.fingerprint(model)
     train_model = dist.wrap(torch.compile(model) if cfg.compile else model, device)
-    results = new_results(cfg, task, task_data, model.config.pooling, report,
-                          environment(device, amp_dtype, dist.world_size()))
+    results = Results.start(cfg, task, task_data, model.config.pooling, report,
+                            environment(device, amp_dtype, dist.world_size()))
     total_steps = cfg.epochs * len(train_batches(cfg, task_data, epoch=0))
     run = Run(cfg, task, task_data, model, train_model, trainable, optimizer, grad_scaler(device, amp_dtype),
               device, amp_dtype, out, results, total_steps)
     start_epoch = load_resume(run, resume_state) if cfg.resume else 0
     if dist.is_main():  # evals.jsonl holds exactly the evaluations in results (none after a restart)
-        (out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in run.results["evals"]))
+        (out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in run.results.evals))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwinds like Ctrl-C: finished epochs are kept
     reset_peak_memory(device)
     status = "complete"
@@ -99,20 +98,20 @@ def main(argv=None):
                 break
     except KeyboardInterrupt:
         save_results(run, "interrupted")
-        print(f"interrupted: {out / 'results.json'} keeps {len(run.results['epochs'])} epochs", file=sys.stderr)
+        print(f"interrupted: {out / 'results.json'} keeps {len(run.results.epochs)} epochs", file=sys.stderr)
         raise SystemExit(130)
     except Exception as e:  # a diverged run or a crash: results.json says so, never "running"
         raise fail(run, e)
     return finish(run, status, frozen_fingerprint)
 
 
-def check_before_loading(cfg: TrainConfig) -> tuple:
+def check_before_loading(cfg: TrainConfig, task: glue.Task) -> tuple:
     """What needs no model, before it loads: --out is this run's (rundir.claim_out_dir; with --resume,
     the verified resume state) and the data files are there and parse. -> (resume state or None,
-    data directory); (None, None) under --audit, which writes and reads nothing."""
+    data.TaskFiles); (None, None) under --audit, which writes and reads nothing."""
     if cfg.audit:
         return None, None
-    return rundir.claim_out_dir(cfg, dist.is_main()), data.check_task_files(cfg.task, cfg.data_dir or None)
+    return rundir.claim_out_dir(cfg, dist.is_main()), data.read_task_files(task, cfg.data_dir or None)
 
 
 @dataclass
@@ -129,13 +128,13 @@ class Run:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype; None = fp32
     out: Path  # the run directory
-    results: dict  # results.json as it stands
+    results: Results  # results.json as it stands
     total_steps: int  # planned optimizer steps: the length of the learning-rate schedule
     step: int = 0  # optimizer steps taken
 
     @property
     def train_seconds(self) -> float:
-        return self.results["time"]["train_seconds"]
+        return self.results.time["train_seconds"]
 
     def over_budget(self) -> bool:
         return self.cfg.time_budget > 0 and self.train_seconds >= self.cfg.time_budget * 60
@@ -166,7 +165,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
             continue
         nonfinite_run = 0
         seconds = timer.elapsed()
-        run.results["time"]["train_seconds"] += seconds
+        run.results.time["train_seconds"] += seconds
         stats["steps"] += 1
         stats["seconds"] += seconds
         if i >= WARMUP_STEPS_EXCLUDED:
@@ -192,7 +191,7 @@ def train_step(run: Run, batch: dict) -> tuple:
     loss = loss_fn(logits, b["labels"], run.task.is_regression)
     loss_value = loss.item()  # sync point: the non-finite check needs the value
     if not math.isfinite(loss_value):
-        run.results["nonfinite_steps"] += 1
+        run.results.nonfinite_steps += 1
         run.optimizer.zero_grad(set_to_none=True)
         return None, None
     lr = run.cfg.lr * lr_factor(run.step, run.total_steps, run.cfg.warmup, budget_progress(run))
@@ -218,14 +217,13 @@ def budget_progress(run: Run):
 
 
 def record_eval(run: Run, epoch: float) -> tuple:
-    """Evaluate on val and test; append the line to results["evals"] and evals.jsonl. Returns (line,
+    """Evaluate on val and test; add the line to the results and to evals.jsonl. Returns (line,
     test predictions)."""
     timer = SyncTimer(run.device)
     val, _ = evaluate(run, run.task_data.val)
     test, test_predictions = evaluate(run, run.task_data.test)
     line = {"epoch": epoch, "step": run.step, "train_seconds": run.train_seconds, "val": val, "test": test}
-    run.results["time"]["eval_seconds"] += timer.elapsed()
-    run.results["evals"].append(line)
+    run.results.add_eval(line, timer.elapsed())
     if dist.is_main():
         with open(run.out / "evals.jsonl", "a") as f:
             f.write(strict_json(line) + "\n")
@@ -233,11 +231,11 @@ def record_eval(run: Run, epoch: float) -> tuple:
 
 
 def record_epoch(run: Run, epoch: int, stats: dict, line: dict, completed: bool):
-    """Append the epoch's record (speed over all ranks, step times, padding, scores) to results["epochs"]."""
+    """Add the epoch's record (speed over all ranks, step times, padding, scores) to the results."""
     tokens = dist.all_sum(torch.tensor(float(stats["tokens"]))).item()
     examples = int(dist.all_sum(torch.tensor(float(stats["examples"]))).item())
     seconds, times = stats["seconds"], stats["step_times"]
-    run.results["epochs"].append({
+    run.results.add_epoch({
         "epoch": epoch, "steps": stats["steps"],
         "train_seconds": seconds, "examples_per_second": examples / max(seconds, 1e-9),
         "tokens_per_second": tokens / max(seconds, 1e-9),
@@ -246,29 +244,25 @@ def record_epoch(run: Run, epoch: int, stats: dict, line: dict, completed: bool)
                          "p90": float(np.percentile(times, 90)) if times else None},
         "padding_fraction": stats["padding_fraction"],
         "val": line["val"], "test": line["test"], "completed": completed, "nonfinite_steps": stats["nonfinite"]})
-    run.results["data"]["padding_fraction"] = stats["padding_fraction"]
 
 
 def save_best(run: Run, epoch: int, line: dict, test_predictions):
-    """If this epoch has the best validation score so far: its scores and test predictions become
-    results["best"], and its trainable tensors best.safetensors."""
-    best, headline = run.results["best"], run.task.headline
-    if best is not None and line["val"][headline] <= best["val"][headline]:
+    """If this epoch has the best validation score so far: its scores and test predictions become the
+    results' best, and its trainable tensors best.safetensors."""
+    if not run.results.keep_if_best(epoch, line, run.task.headline, test_predictions, run.task.is_regression):
         return
-    run.results["best"] = {"epoch": epoch, "metric": headline, "val": line["val"], "test": line["test"],
-                           "test_predictions": prediction_list(test_predictions, run.task.is_regression)}
     if dist.is_main():
         saving.save_trainable(run.model, run.trainable, run.cfg.options, run.out / "best.safetensors",
                               {"base_model": run.cfg.model, "task": run.cfg.task, "num_labels": run.task.num_labels,
                                "pooling": run.model.config.pooling, "epoch": epoch})
-        run.results["checkpoint_bytes"] = (run.out / "best.safetensors").stat().st_size
+        run.results.checkpoint_bytes = (run.out / "best.safetensors").stat().st_size
 
 
 def epoch_line(run: Run, epoch: int, line: dict) -> str:
     """The one log line per epoch: time, speed, and the scores beside the baseline's."""
-    record = run.results["epochs"][-1]
+    record = run.results.epochs[-1]
     return (f"epoch {epoch:3d} | train {record['train_seconds']:7.1f}s | {record['tokens_per_second']:8.0f} tok/s | "
-            f"{scores_vs_baseline(line, run.results['baseline'], run.task.headline)}"
+            f"{run.results.vs_baseline(line, run.task.headline)}"
             + (f" | {record['nonfinite_steps']} non-finite steps skipped (loss NaN or inf: no update)"
                if record["nonfinite_steps"] else ""))
 
@@ -276,7 +270,7 @@ def epoch_line(run: Run, epoch: int, line: dict) -> str:
 def save_resume(run: Run, epoch: int):
     """resume.pt: the state after `epoch` with its sha256, written atomically (saving.write_resume)."""
     saving.write_resume(run.out / "resume.pt", {
-        "epoch": epoch, "step": run.step, "results": json.dumps(run.results),
+        "epoch": epoch, "step": run.step, "results": json.dumps(run.results.to_dict()),
         "trainable": {n: p.detach().cpu() for n, p in run.trainable},
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state()})
 
@@ -288,7 +282,7 @@ def load_resume(run: Run, state) -> int:
     if state is None:
         print(f"--resume: no {path}, starting fresh")
         return 0
-    run.step, run.results = state["step"], json.loads(state["results"])
+    run.step, run.results = state["step"], Results.from_dict(json.loads(state["results"]))
     saving.copy_named(dict(run.trainable), state["trainable"], path)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])  # a disabled scaler saved {} and ignores it
@@ -300,37 +294,38 @@ def load_resume(run: Run, state) -> int:
 def fail(run: Run, error: BaseException) -> BaseException:
     """results.json says "failed" and why (rundir.failure_reason), so a stopped run never stays
     "running"; returns the error, for main to raise on."""
-    run.results["failure"] = rundir.failure_reason(error)
+    run.results.failure = rundir.failure_reason(error)
     save_results(run, "failed")
     return error
 
 
 def save_results(run: Run, status: str):
-    run.results["status"] = status
-    timing = run.results["time"]
+    timing = run.results.time
     timing["peak_memory_bytes"] = max(timing["peak_memory_bytes"], peak_memory_bytes(run.device))
     if dist.is_main():
-        write_json(run.out / "results.json", run.results)
+        run.results.save(run.out / "results.json", status)
+    else:
+        run.results.status = status
 
 
 def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:
     """The frozen-weights proof, the final results.json, the summary line; a moved tensor is an error."""
     verdict = audit.verify_frozen(run.model, frozen_fingerprint)
-    run.results["freeze_audit"] = "passed" if verdict["verdict"] == "passed" else verdict
+    run.results.freeze_audit = "passed" if verdict["verdict"] == "passed" else verdict
     if verdict["verdict"] != "passed":
-        run.results["failure"] = f"frozen tensors moved during training: {verdict['moved']}"
+        run.results.failure = f"frozen tensors moved during training: {verdict['moved']}"
     save_results(run, status if verdict["verdict"] == "passed" else "failed")
     dist.cleanup()
     if verdict["verdict"] != "passed":
         raise RuntimeError(f"frozen tensors moved during training: {verdict['moved']}")
     if dist.is_main():
-        best, baseline, headline = run.results["best"], run.results["baseline"], run.task.headline
-        print(f"best epoch {best['epoch']}: {scores_vs_baseline(best, baseline, headline)}; "
+        best, baseline, headline = run.results.best, run.results.baseline, run.task.headline
+        print(f"best epoch {best['epoch']}: {run.results.vs_baseline(best, headline)}; "
               f"frozen-weights audit passed; results in {run.out}")
         if best["test"][headline] <= baseline["test"][headline]:
             print(f"warning: test {headline} does not beat the {baseline['name']} baseline: the model learned "
                   f"nothing visible (try more --epochs, another --lr, or more data)")
-    return run.results
+    return run.results.to_dict()
 
 
 def to_device(batch, device):

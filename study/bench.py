@@ -27,11 +27,12 @@ import torch.nn.functional as F
 
 import adapters
 import data
+import glue
 from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token
 from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
 from tokenizer import BertTokenizer
 from checkpoint import load_pretrained, minilm_dir
-from config import CHOICES, METHOD_HELP, method_flag, run_cli, value_problem
+from config import TrainConfig, run_cli
 from precision import AMP_CHOICES, autocast, grad_scaler, pick_amp, pick_device
 
 HF_REFERENCE = ("full", "bitfit", "lora", "head")  # methods hf_model builds the reference way
@@ -180,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default="minilm", help="checkpoint directory, 'minilm', a hub id, or "
                    "bert-base-random (BERT-base's shape with random weights: speed only)")
-    p.add_argument("--task", default="mrpc", choices=CHOICES["task"], help="GLUE task whose batches are measured")
-    p.add_argument("--methods", nargs="+", default=list(adapters.METHODS), type=method_flag,
-                   help=f"methods to measure: {METHOD_HELP}")
-    p.add_argument("--pooling", choices=CHOICES["pooling"], default="cls",
+    p.add_argument("--task", default="mrpc", choices=sorted(glue.TASKS), help="GLUE task whose batches are measured")
+    p.add_argument("--methods", nargs="+", default=list(adapters.METHODS), type=adapters.method_flag,
+                   help=f"methods to measure: {adapters.METHOD_HELP}")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                    help="cls by default, so that our model and transformers' compute the same thing")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--eval-batch-size", type=int, default=128, help="evaluation batch size")
@@ -206,12 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    """CLI -> args; values are range-checked with train.py's checks (config.CHECKS) where the flags
+    """CLI -> args; values are range-checked with train.py's checks (config.TrainConfig) where the flags
     mean the same, so a bad value fails before anything loads."""
     p = build_parser()
     args = p.parse_args(argv)
-    problems = [value_problem(name, getattr(args, name)) for name in
-                ("model", "batch_size", "eval_batch_size", "max_length", "lr", "device")]
+    problems = TrainConfig(**{name: getattr(args, name) for name in
+                              ("model", "batch_size", "eval_batch_size", "max_length", "lr", "device")}).problems()
     problems += [f"--steps must be >= 1, got {args.steps}" if args.steps < 1 else None,
                  f"--warmup must be >= 0 steps, got {args.warmup}" if args.warmup < 0 else None]
     for problem in [x for x in problems if x][:1]:
@@ -225,8 +226,8 @@ def main(argv=None):
     amp_dtype = pick_amp(args.amp, device)
     torch.manual_seed(0)
     base, tokenizer = build(args.model, args.pooling)
-    task_data = data.load_task_data(args.task, tokenizer, args.data_dir or None,
-                                    max_length=args.max_length, frac=1.0, seed=0)
+    files = data.read_task_files(glue.get_task(args.task), args.data_dir or None)
+    task_data = data.load_task_data(files, tokenizer, max_length=args.max_length, frac=1.0, seed=0)
     ours_train = data.batches(task_data.train, args.batch_size, shuffle=True, seed=0, epoch=0)
     ours_eval = data.batches(task_data.test, args.eval_batch_size, shuffle=False)
     hf_train = hf_batches(task_data.train, args.batch_size, tokenizer.pad_token_id, seed=0)

@@ -151,18 +151,15 @@ def rates_problems(args, preset: Preset) -> list:
 
 
 def value_problems(args, preset: Preset) -> list:
-    """train.py's range checks (config.CHECKS) on the values the sweep will pass it, named by the
-    sweep's flags; imported here, not at the top, so that the grid arithmetic needs no torch."""
+    """train.py's checks (config.TrainConfig.problems) on the values the sweep will pass it, named by
+    the sweep's flags; imported here, not at the top, so that the grid arithmetic needs no torch."""
     import config
     values = [("epochs", preset.epochs, "--epochs"), ("time_budget", preset.budget_minutes, "--budget-minutes"),
               ("epochs", preset.budget_epochs, "--budget-epochs"), *[("frac", f, "--fracs") for f in preset.fracs],
               *[("seed", x, "--seeds") for x in preset.seeds], ("max_length", preset.max_length, "--max-length"),
               ("model", preset.model, "--model"), ("batch_size", args.batch_size, "--batch-size"),
-              ("device", args.device, "--device")]
-    problems = [config.value_problem(name, v, flag) for name, v, flag in values if v is not None]
-    problems += [f"--{name} must be one of {', '.join(config.CHOICES[name])}, got {getattr(args, name)!r}"
-                 for name in ("amp", "pooling") if getattr(args, name) not in (None, *config.CHOICES[name])]
-    return [p for p in problems if p]
+              ("device", args.device, "--device"), ("amp", args.amp, "--amp"), ("pooling", args.pooling, "--pooling")]
+    return [p for name, v, flag in values if v is not None for p in config.value_problems(name, v, flag)]
 
 
 def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None) -> int:

@@ -9,7 +9,9 @@ import pytest
 
 import adapters
 import config
-from config import TrainConfig, default_lr, method_flag, parse_args
+import flags
+from adapters import method_flag
+from config import TrainConfig, default_lr, parse_args
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -50,17 +52,44 @@ def test_hybrid_flags_and_learning_rate(capsys):
     assert "--prompt-length must be in 1..504, got 0" in capsys.readouterr().err
 
 
-def test_every_field_is_a_flag_with_its_comment_as_help(capsys):
+def test_every_field_is_a_flag_with_its_help_in_its_group(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for cls in (TrainConfig, adapters.MethodConfig):
-        helps = config.field_help(cls)
         for f in fields(cls):
             if f.name != "options":
-                assert f"--{f.name.replace('_', '-')}" in text and " ".join(helps[f.name].split()) in text, f.name
-    source = inspect.getsource(adapters.MethodConfig)  # one line per field: no comment runs onto the next
-    assert not re.search(r"^\s+#", source.split('"""')[-1], flags=re.M)
+                assert f"--{f.name.replace('_', '-')}" in text and " ".join(f.metadata["help"].split()) in text
+                assert f.metadata["group"] in flags.GROUPS, f.name
+    groups = [text.index(g + ":") for g in flags.GROUPS]
+    assert groups == sorted(groups) and text.index("--method") < groups[1]  # what to train, first
+    assert "(default: )" not in text
+
+
+def test_help_shows_the_rate_the_run_will_use(capsys):
+    for argv, rate in [(["--method", "bitfit"], "0.001 for --method bitfit"),
+                       (["--model", "minilm"], "0.0001 for --method full --model minilm"),
+                       ([], "2e-05 for --method full")]:
+        with pytest.raises(SystemExit):
+            parse_args([*argv, "--help"])
+        assert rate in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("flag, suggested", [("--learning_rate", "--lr"), ("--epcohs", "--epochs"),
+                                             ("--lora_r", "--lora-r"), ("--batchsize", "--batch-size")])
+def test_a_misspelt_flag_gets_a_suggestion_and_a_short_usage(flag, suggested, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args([flag, "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"did you mean {suggested}?" in err.splitlines()[-1]
+    assert len(err.splitlines()) <= 3 and max(map(len, err.splitlines())) <= 100
+
+
+def test_help_lines_fit_100_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 100
 
 
 def test_method_options_reach_the_method_config():
@@ -75,23 +104,23 @@ def test_method_options_reach_the_method_config():
         {f.name for f in fields(adapters.MethodConfig)}
 
 
-def test_a_new_field_becomes_a_flag_and_needs_a_comment():
+def test_a_new_field_becomes_a_flag_and_needs_its_declaration():
     @dataclass
     class Options:
-        train_pooler: bool = False  # train BERT's pooler too
-        width: int = 3  # how wide
+        train_pooler: bool = flags.option(False, "train BERT's pooler too", flags.METHOD)
+        width: int = flags.option(3, "how wide", flags.HOW)
 
     p = argparse.ArgumentParser()
-    config.add_flags(p, Options)
+    flags.add_flags({g: p.add_argument_group(g) for g in flags.GROUPS}, Options)
     assert vars(p.parse_args(["--train-pooler", "--width", "5"])) == {"train_pooler": True, "width": 5}
-    assert "train BERT's pooler too" in p.format_help()
+    assert "train BERT's pooler too" in p.format_help() and "how wide (default: 3)" in p.format_help()
 
     @dataclass
     class Silent:
-        width: int = 3
+        width: int = 3  # a comment is not a declaration
 
-    with pytest.raises(TypeError, match="Silent.width needs a comment"):
-        config.add_flags(argparse.ArgumentParser(), Silent)
+    with pytest.raises(TypeError, match="Silent.width must be declared with flags.option"):
+        flags.add_flags({}, Silent)
 
 
 def test_train_pooler_flag():

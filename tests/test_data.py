@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import data
-from data import batches, encode_split, load_task_data, padding_fraction, read_split, strata
+from data import batches, encode_split, load_task_data, padding_fraction, read_split, read_task_files, strata
 from glue import TASKS, get_task
 from glue.download import resolve_data_dir
 from tokenizer import BertTokenizer
@@ -28,7 +28,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def load(tok, glue_dir, cache_dir):
-    return lambda task, **kw: load_task_data(task, tok, glue_dir, cache_dir=cache_dir, **kw)
+    return lambda task, **kw: load_task_data(read_task_files(get_task(task), glue_dir), tok, cache_dir=cache_dir, **kw)
 
 
 def test_get_task_names_the_allowed_values():
@@ -51,25 +51,25 @@ def test_counts_match_glue(name, glue_dir):
 
 
 def test_first_rows_bom_and_missing_final_newline(glue_dir):
-    first = read_split("mrpc", "train", glue_dir)[0]  # header (with BOM) on line 1
+    first = read_split(get_task("mrpc"), "train", glue_dir)[0]  # header (with BOM) on line 1
     assert (first.label, first.line) == (1, 2) and first.text_a.startswith("Amrozi accused his brother , whom")
     assert first.text_b.startswith("Referring to him as only \" the witness \"")  # quotes kept: no quoting
-    first = read_split("cola", "train", glue_dir)[0]  # no header
+    first = read_split(get_task("cola"), "train", glue_dir)[0]  # no header
     assert first == data.Example("Our friends won't buy this analysis, let alone the next one we propose.",
                                  None, 1, 1)
-    last = read_split("cola", "dev", glue_dir)[-1]  # CoLA dev has no final newline: its last row still counts
+    last = read_split(get_task("cola"), "dev", glue_dir)[-1]  # CoLA dev has no final newline: its last row still counts
     assert last.line == 1043 and not (glue_dir / "CoLA" / "dev.tsv").read_bytes().endswith(b"\n")
-    assert read_split("cola", "test", glue_dir)[0].text_a == "Bill whistled past the house."
-    first = read_split("stsb", "train", glue_dir)[0]
+    assert read_split(get_task("cola"), "test", glue_dir)[0].text_a == "Bill whistled past the house."
+    first = read_split(get_task("stsb"), "train", glue_dir)[0]
     assert first == data.Example("A plane is taking off.", "An air plane is taking off.", 5.0, 2)
 
 
 def test_label_spaces_and_balance(glue_dir):
     for name, split, positives in (("mrpc", "train", 2474), ("mrpc", "dev", 279), ("cola", "train", 6023),
                                    ("cola", "dev", 721)):
-        labels = [e.label for e in read_split(name, split, glue_dir)]
+        labels = [e.label for e in read_split(get_task(name), split, glue_dir)]
         assert set(labels) == {0, 1} and sum(labels) == positives
-    scores = [e.label for e in read_split("stsb", "train", glue_dir)]
+    scores = [e.label for e in read_split(get_task("stsb"), "train", glue_dir)]
     assert min(scores) == 0.0 and max(scores) == 5.0
 
 
@@ -101,7 +101,7 @@ def test_splits_protocol(name, load):
 
 
 def test_no_mrpc_pair_shared_between_train_and_test(glue_dir):
-    pairs = lambda split: {(e.text_a, e.text_b) for e in read_split("mrpc", split, glue_dir)}
+    pairs = lambda split: {(e.text_a, e.text_b) for e in read_split(get_task("mrpc"), split, glue_dir)}
     assert not pairs("train") & pairs("dev")
 
 
@@ -158,18 +158,18 @@ def test_tokenization_cache(tok, glue_dir, tmp_path, monkeypatch):
     tok(["set truncation to another length"], max_length=17)  # a call must not change the cache key
     data._tokenizer_identity(tok)
     assert tok.tok.truncation["max_length"] == 17  # the key is read from a copy: the tokenizer is as it was
-    first = encode_split("cola", "dev", tok, glue_dir, 64, cache_dir=tmp_path)
+    first = encode_split(read_task_files(get_task("cola"), glue_dir), "dev", tok, 64, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("cola-dev-*.npz"))) == 1
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again instead of reading the cache")
     monkeypatch.setattr(BertTokenizer, "__call__", no_tokenizing)
-    from_disk = encode_split("cola", "dev", tok, glue_dir, 64, cache_dir=tmp_path)
+    from_disk = encode_split(read_task_files(get_task("cola"), glue_dir), "dev", tok, 64, cache_dir=tmp_path)
     assert from_disk is not first and from_disk.input_ids == first.input_ids
     assert from_disk.token_type_ids == first.token_type_ids and (from_disk.labels == first.labels).all()
     assert (from_disk.lines == first.lines).all() and from_disk.source == first.source
     with pytest.raises(AssertionError, match="tokenized again"):  # another max_length is another key
-        encode_split("cola", "dev", tok, glue_dir, 32, cache_dir=tmp_path)
+        encode_split(read_task_files(get_task("cola"), glue_dir), "dev", tok, 32, cache_dir=tmp_path)
 
 
 def test_load_task_data_fetches_missing_files(tok, glue_dir, tmp_path, monkeypatch):
@@ -182,7 +182,9 @@ def test_load_task_data_fetches_missing_files(tok, glue_dir, tmp_path, monkeypat
             source = glue_dir / task.dir_name / spec.name
             (data_dir / task.dir_name / spec.name).write_bytes(source.read_bytes())
     monkeypatch.setattr(data, "ensure_task", fake_ensure)
-    d = load_task_data("cola", tok, tmp_path / "glue", frac=0.5)
+    monkeypatch.delenv("GLUE_DIR", raising=False)  # only the default directory is downloaded into
+    monkeypatch.setattr(data, "resolve_data_dir", lambda arg=None: tmp_path / "glue")
+    d = load_task_data(read_task_files(get_task("cola")), tok, frac=0.5)
     assert calls == ["cola"] and len(d.predict) == 1063 and (tmp_path / "glue" / ".cache").is_dir()
 
 
@@ -219,13 +221,13 @@ def test_malformed_rows_name_file_and_line(tmp_path, task, text, line, message):
     path.parent.mkdir()
     path.write_text(text)
     with pytest.raises(ValueError) as error:
-        read_split(task, "train", tmp_path)
+        read_split(get_task(task), "train", tmp_path)
     assert f"{path}:{line}: " in str(error.value) and message in str(error.value)
 
 
 def test_wellformed_small_file_without_final_newline(tmp_path):
     (tmp_path / "CoLA").mkdir()
     (tmp_path / "CoLA" / "train.tsv").write_bytes(COLA_OK.rstrip("\n").encode())
-    examples = read_split("cola", "train", tmp_path)
+    examples = read_split(get_task("cola"), "train", tmp_path)
     assert [(e.label, e.line, e.text_a) for e in examples] == [(1, 1, "Good sentence."),
                                                               (0, 2, "Bad sentence the.")]

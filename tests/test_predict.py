@@ -69,7 +69,7 @@ def test_glue_test_file_mrpc(mrpc_run, glue_dir, tmp_path, capsys):
 def test_predictions_come_back_in_file_order(mrpc_run, glue_dir):
     """Batches are sorted by length; logits_of must put every row back where the file has it."""
     model, tok, task = predict.load(mrpc_run, torch.device("cpu"))
-    split = data.encode_split(task, "test", tok, glue_dir, 32)
+    split = data.encode_split(data.read_task_files(task, glue_dir), "test", tok, 32)
     picked = [0, 1, 2, 500]
     sub = split.select(np.array(picked))
     all_logits = predict.logits_of(model, split.select(np.arange(600)), 64, torch.device("cpu"))  # (600, 2)
@@ -154,3 +154,54 @@ def test_bad_flags_are_refused_before_anything_loads(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         predict.parse_args(["best.safetensors", *argv])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def run_main(argv, capsys) -> str:
+    """predict.main's one error line (exit status 1)."""
+    with pytest.raises(SystemExit) as e:
+        predict.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_checkpoint_whose_header_was_edited_is_refused(tmp_path, capsys):
+    """The issue's case: the task edited in the header would have written another task's submission file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    path = head_checkpoint(tmp_path / "best.safetensors", "mrpc", 0.02, 0.0)
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    save_file(load_file(str(path)), str(tmp_path / "edited.safetensors"), {**header, "task": "cola"})
+    err = run_main([str(tmp_path / "edited.safetensors"), "--text", "a"], capsys)
+    assert f"{tmp_path / 'edited.safetensors'}: corrupted: its header" in err
+    assert not (tmp_path / "CoLA.tsv").exists()
+
+
+def test_the_runs_max_length_must_be_readable_and_fit_the_positions(tmp_path, capsys):
+    path = head_checkpoint(tmp_path / "best.safetensors", "mrpc", 0.02, 0.0)
+    results = tmp_path / "results.json"
+    results.write_text('{"config": {"max_length": 1024}}')
+    err = run_main([str(path), "--text", "a", "b"], capsys)
+    assert f"max_length of {results} 1024 > the 512 positions of the run's model" in err
+    results.write_text('{"config": {"max_length": 32')  # cut short
+    assert f"error: {results}: not valid JSON" in run_main([str(path), "--text", "a", "b"], capsys)
+    results.write_text('[1, 2]')
+    assert f"error: {results}: no config.max_length" in run_main([str(path), "--text", "a", "b"], capsys)
+    predict.main([str(path), "--text", "a", "b", "--max-length", "32"])  # a flag that fits: the file is not read
+    assert "equivalent" in capsys.readouterr().out
+
+
+def test_a_test_file_with_other_row_count_names_file_and_counts(tmp_path, glue_dir, capsys):
+    path = head_checkpoint(tmp_path / "best.safetensors", "mrpc", 0.02, 0.0)
+    data_dir = tmp_path / "glue"
+    (data_dir / "MRPC").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (data_dir / "MRPC" / name).symlink_to(glue_dir / "MRPC" / name)
+    lines = (glue_dir / "MRPC" / "test.tsv").read_text(encoding="utf-8").split("\n")
+    (data_dir / "MRPC" / "test.tsv").write_text("\n".join(lines[:-3] + [""]), encoding="utf-8")  # 2 rows fewer
+    with pytest.warns(UserWarning, match="differs from GLUE's mrpc test file"):
+        err = run_main([str(path), "--glue-test", "--data-dir", str(data_dir), "--max-length", "16",
+                        "--out", str(tmp_path)], capsys)
+    assert f"{data_dir / 'MRPC' / 'test.tsv'}: 1723 examples, GLUE's MRPC test set has 1725" in err
+    assert not (tmp_path / "MRPC.tsv").exists()

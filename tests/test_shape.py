@@ -2,7 +2,10 @@
 model.py needs only torch), no function outside tests over 80 lines, no file over 400 lines, nothing
 defined twice at the top of a module (what a merge can leave behind, and Python accepts silently)."""
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for p in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py")] if p.parent.name != "tests")
@@ -111,3 +114,32 @@ def test_a_repeated_definition_is_found():
         ["f (line 3)", "if __name__ == '__main__' (line 6)"]
     assert repeated_top_level("X = 1\ndef f(): pass\nX: int = 2\n") == ["X (line 3)"]
     assert repeated_top_level("def f(): pass\ndef g(): pass\n" + main) == []
+
+
+# What each method inserts is named by the module that inserts it: (module, the constant holding the
+# pattern, fragments of that pattern as its source spells them, which no other module may repeat).
+INSERTED_NAMES = [("lora", "LORA_PARAMS", [r"lora_[AB]"]), ("ia3", "IA3_PARAMS", [r"ia3_l$"]),
+                  ("adapters", "ADAPTER_PARAMS", [r"adapter\.(down|up)"]),
+                  ("prompts", "PROMPT_PARAMS", [r"embeddings\.prompt\."]),
+                  ("prompts", "PREFIX_PARAMS", [r"encoder\.prefix\."])]
+
+
+def modules_spelling(fragment: str, sources=SOURCES) -> set:
+    return {module_name(p) for p in sources if fragment in p.read_text()}
+
+
+@pytest.mark.parametrize("module, constant, fragments", INSERTED_NAMES)
+def test_an_inserted_parameters_name_pattern_is_written_in_one_module(module, constant, fragments):
+    pattern = getattr(importlib.import_module(module), constant)
+    for fragment in fragments:
+        assert fragment in pattern  # the fragment is the pattern's own spelling
+        assert modules_spelling(fragment) == {module}, fragment
+
+
+def test_a_second_spelling_is_found(tmp_path):
+    copy = ROOT / "tests" / f"_spelling_{tmp_path.name}.py"  # under ROOT, so that module_name applies
+    try:
+        copy.write_text('KEYS = r"\\.lora_[AB]$"\n')
+        assert f"tests._spelling_{tmp_path.name}" in modules_spelling(r"lora_[AB]", SOURCES + [copy])
+    finally:
+        copy.unlink()
