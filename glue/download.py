@@ -4,9 +4,14 @@ every byte against the copies pinned in glue/<task>.py.
     python -m glue.download --tasks mrpc cola stsb --dir DIR [--base-url URL]
 
 CoLA and STS-B come as GLUE's zip archives; MRPC is built from SentEval's copy of the corpus
-and GLUE's list of dev ids, exactly as GLUE's `format_mrpc` does (see `build_mrpc`). Everything
-is written under a temporary directory inside DIR and verified there; only verified files are
-renamed into DIR/<Task dir>/, so a failed or corrupted download leaves nothing half-written.
+and GLUE's list of dev ids, exactly as GLUE's `format_mrpc` does (see `build_mrpc`). Every source
+file is pinned (size and sha256, as huggingface/datasets' glue dataset_infos.json publishes them):
+a download streams to a temporary file and stops at the pinned size, an archive's sha256 is checked
+before it is opened, and only the members GLUE's files come from are extracted, each stopped at its
+own pinned size (a zip bomb writes no more than that). Everything is written under a temporary
+directory inside DIR and verified there; only verified files are renamed into DIR/<Task dir>/, so a
+failed or corrupted download leaves nothing half-written. `python -m glue.download` ends a failure
+with one line, `error: ...`, and exit status 1.
 A mirror holding the five source files by name (CoLA.zip, STS-B.zip, msr_paraphrase_train.txt,
 msr_paraphrase_test.txt, mrpc_dev_ids.tsv) can stand in for the official URLs: pass --base-url
 or set GLUE_BASE_URL.
@@ -20,8 +25,9 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from glue import TASKS, Task, get_task
 
@@ -64,6 +70,23 @@ MRPC_INPUTS = {
 MRPC_TEST_HEADER = "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 
 
+@dataclass(frozen=True)
+class Archive:
+    size: int  # bytes of GLUE's zip
+    sha256: str  # of GLUE's zip
+    extras: dict  # file name -> (size, sha256) of the files besides the task's splits that we keep from it
+
+
+# GLUE's zips, with the sizes and sha256 of huggingface/datasets' glue dataset_infos.json. From each, only
+# <Task dir>/{train,dev,test}.tsv (pinned in glue/<task>.py) and these extras are extracted.
+ARCHIVES = {
+    "CoLA.zip": Archive(376971, "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff", {}),
+    "STS-B.zip": Archive(802872, "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85", {
+        "LICENSE.txt": (6641, "3dfc3217395f8c5dd05c5f8995f25fe2f8fd258e6dd770b3de480749caee8c70"),
+        "readme.txt": (5994, "e9488363d211c32ca5e912954f16eb9233cfed1b5b4b0475d0d812d35d7c8ef1")}),
+}
+
+
 def resolve_data_dir(arg=None) -> Path:
     """The GLUE data directory: `arg` (--data-dir) if given, else $GLUE_DIR, else ~/.cache/bertfit/glue_data."""
     return Path(os.path.expanduser(str(arg or os.environ.get("GLUE_DIR") or DEFAULT_DATA_DIR)))
@@ -93,42 +116,66 @@ def check(path: Path, size: int, sha256: str, what: str):
                             f"got {got_size} bytes with sha256 {got_sha}")
 
 
-def fetch(url: str, dest: Path):
-    """Stream `url` to `dest`; a short body (fewer bytes than Content-Length) is an error."""
+def fetch(url: str, dest: Path, size: int):
+    """Stream `url` to `dest`, stopping at the pinned `size`: a body announced or found to be larger is
+    refused without reading it all; a short one (fewer bytes than Content-Length) is an error too."""
     print(f"downloading {url}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(dest, "wb") as out:
             expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and int(expected) > size:
+                raise DownloadError(f"{url}: the server announces {expected} bytes, the pinned file has {size}: "
+                                    "refused without downloading it")
             received = 0
-            for block in iter(lambda: response.read(CHUNK), b""):
+            for block in iter(lambda: response.read(min(CHUNK, size + 1 - received)), b""):
                 out.write(block)
                 received += len(block)
+                if received > size:
+                    raise DownloadError(f"{url}: more than the pinned {size} bytes: stopped there")
     except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets, IncompleteRead
         raise DownloadError(f"{url}: download failed ({type(e).__name__}: {e})") from None
     if expected is not None and received != int(expected):
         raise DownloadError(f"{url}: connection ended after {received} of {expected} bytes")
 
 
+def extract(archive: zipfile.ZipFile, member: str, dest: Path, size: int, url: str):
+    """Write one member to `dest`, refusing a member whose declared size is not the pinned `size` and
+    stopping at `size` bytes whatever the compressed stream would expand to (a zip bomb)."""
+    try:
+        info = archive.getinfo(member)
+    except KeyError:
+        raise DownloadError(f"{url}: the archive has no {member}") from None
+    if info.file_size != size:
+        raise DownloadError(f"{url}: {member} declares {info.file_size} bytes, GLUE's has {size}: not extracted")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with archive.open(info) as source, open(dest, "wb") as out:  # zipfile checks the CRC-32 at the end
+        for block in iter(lambda: source.read(min(CHUNK, size + 1 - written)), b""):
+            out.write(block)
+            written += len(block)
+            if written > size:
+                raise DownloadError(f"{url}: {member} expands past its pinned {size} bytes: stopped there")
+
+
 def fetch_archive(task: Task, tmp: Path, base_url: str | None) -> dict:
-    """Download the task's GLUE zip and extract every file under its task directory, as GLUE's script
-    does. We know no checksum of the archive itself, so the split files extracted from it are what
-    ensure_task verifies. Returns {path relative to the task directory: extracted file}."""
-    url = url_for(task.archive, base_url)
-    fetch(url, tmp / task.archive)
+    """Download the task's GLUE zip (stopped at its pinned size), check its sha256 before opening it,
+    and extract only the task's split files and the pinned extras, each checked against its size and
+    sha256. Other members (CoLA's original/, anything a mirror added, paths with ..) stay in the zip.
+    Returns {path relative to the task directory: extracted, verified file}."""
+    url, pin = url_for(task.archive, base_url), ARCHIVES[task.archive]
+    fetch(url, tmp / task.archive, pin.size)
+    check(tmp / task.archive, pin.size, pin.sha256, url)
+    wanted = {spec.name: (spec.size, spec.sha256) for spec in task.files.values()} | pin.extras
     out = {}
     try:
         with zipfile.ZipFile(tmp / task.archive) as archive:
-            for member in archive.infolist():
-                parts = PurePosixPath(member.filename).parts
-                if member.is_dir() or len(parts) < 2 or parts[0] != task.dir_name or ".." in parts:
-                    continue  # only files under CoLA/ (STS-B/), never outside it
-                rel = PurePosixPath(*parts[1:])
-                dest = tmp / "extracted" / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(archive.read(member))  # zipfile checks each member's CRC-32 here
-                out[str(rel)] = dest
-    except zipfile.BadZipFile as e:
-        raise DownloadError(f"{url}: not a valid zip archive ({e})") from None
+            for name, (size, sha256) in wanted.items():
+                dest = tmp / "extracted" / name
+                extract(archive, f"{task.dir_name}/{name}", dest, size, url)
+                check(dest, size, sha256, f"{task.dir_name}/{name}")
+                out[name] = dest
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error) as e:
+        raise DownloadError(f"{url}: not a valid zip archive ({type(e).__name__}: {e})") from None
     return out
 
 
@@ -147,7 +194,7 @@ def build_mrpc(task: Task, tmp: Path, base_url: str | None) -> dict:
     inputs = {}
     for key, pin in MRPC_INPUTS.items():
         url = url_for(pin.remote, base_url)
-        fetch(url, tmp / pin.name)
+        fetch(url, tmp / pin.name, pin.size)
         check(tmp / pin.name, pin.size, pin.sha256, url)
         inputs[key] = tmp / pin.name
     dev_ids = {tuple(row.strip().split("\t")) for row in _text_lines(inputs["dev_ids"])}
@@ -219,8 +266,12 @@ def main(argv=None):
     parser.add_argument("--base-url", default=None, help=f"mirror of the source files (or ${BASE_URL_ENV})")
     args = parser.parse_args(argv)
     data_dir = resolve_data_dir(args.dir)
-    for name in args.tasks:
-        print(f"{name}: ready in {ensure_task(name, data_dir, args.base_url)}")
+    try:
+        for name in args.tasks:
+            print(f"{name}: ready in {ensure_task(name, data_dir, args.base_url)}")
+    except (DownloadError, OSError) as e:  # each names its URL, file or directory
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
 """glue/download.py against a local HTTP server (127.0.0.1 only) that serves the five source files
 built from the authentic GLUE copies: the result must be byte-identical to them, and every failure
-(corrupt bytes, short body, dropped connection, missing file) must leave nothing behind."""
+(corrupt bytes, short body, dropped connection, missing file) must leave nothing behind. The zips served
+are built here, not GLUE's own: the `mirror` fixture pins their size and sha256 in place of GLUE's."""
+import dataclasses
+import hashlib
 import http.server
 import io
+import subprocess
+import sys
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from glue import TASKS, get_task
+from glue import TASKS, download, get_task
 from glue.download import MRPC_INPUTS, OFFICIAL_URLS, DownloadError, ensure_task, main, sha256_of, url_for
 
 ARCHIVE_LAYOUT = {  # GLUE's zips hold <Task dir>/ with the three splits and, for STS-B, its licence notes
@@ -36,11 +42,15 @@ def archive_members(glue_dir, archive: str) -> dict:
 
 class Mirror(http.server.ThreadingHTTPServer):
     """Serves `files` by name; `faults[name]` makes one misbehave: "short" (a consistent but truncated
-    response), "drop" (Content-Length of the whole file, then the connection closes half-way)."""
+    response), "drop" (Content-Length of the whole file, then the connection closes half-way), "huge"
+    (announces 200 MB), "endless" (no Content-Length, then 200 MB: `sent` counts what got out)."""
     def __init__(self, files):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.files, self.faults, self.requests = dict(files), {}, []
+        self.files, self.faults, self.requests, self.sent = dict(files), {}, [], 0
         self.url = f"http://127.0.0.1:{self.server_address[1]}/mirror"
+
+
+HUGE = 200 * 2 ** 20
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -51,12 +61,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         body, fault = self.server.files[name], self.server.faults.get(name)
+        if fault in ("huge", "endless"):
+            self.oversized(body, fault)
+            return
         half = body[:len(body) // 2]
         self.send_response(200)
         self.send_header("Content-Length", str(len(half) if fault == "short" else len(body)))
         self.end_headers()
         self.wfile.write(half if fault in ("short", "drop") else body)
         self.close_connection = True  # for "drop": the socket closes with half of the bytes sent
+
+    def oversized(self, body, fault):
+        self.send_response(200)
+        if fault == "huge":
+            self.send_header("Content-Length", str(HUGE))
+        self.end_headers()
+        block = (body * (2 ** 16 // len(body) + 1))[:2 ** 16] if body else b"x" * 2 ** 16
+        try:
+            while self.server.sent < HUGE:
+                self.wfile.write(block)
+                self.server.sent += len(block)
+        except OSError:  # the client hung up: what we wanted
+            pass
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -79,11 +106,19 @@ def server(originals):
     mirror.server_close()
 
 
+def pin(monkeypatch, name: str, body: bytes):
+    """Pin an archive to these bytes, in place of GLUE's zip (the tests serve zips of their own)."""
+    pinned = dataclasses.replace(download.ARCHIVES[name], size=len(body), sha256=hashlib.sha256(body).hexdigest())
+    monkeypatch.setitem(download.ARCHIVES, name, pinned)
+
+
 @pytest.fixture
 def mirror(server, originals, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1")  # loopback only, even where a proxy is configured
     monkeypatch.delenv("GLUE_BASE_URL", raising=False)
-    server.files, server.faults, server.requests = dict(originals), {}, []
+    server.files, server.faults, server.requests, server.sent = dict(originals), {}, [], 0
+    for name in ARCHIVE_LAYOUT:
+        pin(monkeypatch, name, originals[name])
     return server
 
 
@@ -93,10 +128,7 @@ def expected_files(glue_dir, task):
         names = [spec.name for spec in task.files.values()] + [pin.name for pin in MRPC_INPUTS.values()]
         return {f"MRPC/{n}": glue_dir / "MRPC" / n for n in names}
     directory, names = ARCHIVE_LAYOUT[task.archive]
-    files = {f"{directory}/{n}": glue_dir / directory / n for n in names}
-    if directory == "CoLA":
-        files["CoLA/original/raw/in_domain_train.tsv"] = glue_dir / "CoLA" / "train.tsv"
-    return files
+    return {f"{directory}/{n}": glue_dir / directory / n for n in names}  # not CoLA's original/: unpinned
 
 
 def test_full_download_is_byte_identical_and_not_repeated(mirror, glue_dir, tmp_path):
@@ -139,10 +171,11 @@ def test_corrupted_input_is_refused(mirror, tmp_path):
     assert_nothing_left(tmp_path)
 
 
-def test_corrupted_archive_member_is_refused(mirror, glue_dir, tmp_path):
+def test_corrupted_archive_member_is_refused(mirror, glue_dir, tmp_path, monkeypatch):
     members = archive_members(glue_dir, "CoLA.zip")
     members["CoLA/train.tsv"] = members["CoLA/train.tsv"].replace(b"\t1\t", b"\t0\t", 1)  # one label flipped
     mirror.files["CoLA.zip"] = make_zip(members)
+    pin(monkeypatch, "CoLA.zip", mirror.files["CoLA.zip"])  # a pinned archive, yet a wrong member: still refused
     with pytest.raises(DownloadError, match=f"CoLA/train.tsv: expected 428590 bytes with sha256 "
                                             f"{get_task('cola').files['train'].sha256}, got 428590"):
         ensure_task("cola", tmp_path, mirror.url)
@@ -151,8 +184,8 @@ def test_corrupted_archive_member_is_refused(mirror, glue_dir, tmp_path):
 
 @pytest.mark.parametrize("name,task,message", [
     ("msr_paraphrase_test.txt", "mrpc", "expected 441275 bytes with sha256 a04e2710"),
-    ("CoLA.zip", "cola", "not a valid zip archive"),
-    ("STS-B.zip", "stsb", "not a valid zip archive"),
+    ("CoLA.zip", "cola", "CoLA.zip: expected .* bytes with sha256"),  # refused before it is opened
+    ("STS-B.zip", "stsb", "STS-B.zip: expected .* bytes with sha256"),
 ])
 def test_truncated_body_is_refused(mirror, tmp_path, name, task, message):
     mirror.faults[name] = "short"  # Content-Length agrees with the short body: only the checks can tell
@@ -212,3 +245,98 @@ def test_official_urls_and_mirror_override(monkeypatch):
     assert url_for("CoLA.zip", "http://m/x/") == "http://m/x/CoLA.zip"
     monkeypatch.setenv("GLUE_BASE_URL", "http://env-mirror")
     assert url_for("CoLA.zip") == "http://env-mirror/CoLA.zip"
+
+
+# --------------------------------------------------------------- a mirror that misbehaves (issue 27)
+def test_an_archive_that_is_not_the_pinned_one_is_never_opened(mirror, glue_dir, tmp_path, monkeypatch):
+    """A zip with a member more (GLUE's files intact; original/ left out, so it is no larger) is another
+    archive: refused by its sha256 before zipfile reads a byte of it."""
+    members = {k: v for k, v in archive_members(glue_dir, "CoLA.zip").items() if "original" not in k}
+    members["CoLA/run_me.sh"] = b"rm -rf ~\n"
+    mirror.files["CoLA.zip"] = make_zip(members)
+    opened = []
+    monkeypatch.setattr(download.zipfile, "ZipFile", lambda *a, **k: opened.append(a))
+    with pytest.raises(DownloadError, match=f"{mirror.url}/CoLA.zip: expected \\d+ bytes with sha256"):
+        ensure_task("cola", tmp_path, mirror.url)
+    assert opened == []
+    assert_nothing_left(tmp_path)
+
+
+def test_only_the_pinned_members_are_extracted(mirror, glue_dir, tmp_path, monkeypatch):
+    """A pinned archive holding extra members (a script, another task's file, ../ and absolute paths): only
+    GLUE's files and the pinned extras come out, nothing lands outside the data directory."""
+    members = {**archive_members(glue_dir, "STS-B.zip"), "STS-B/run_me.sh": b"#!/bin/sh\n",
+               "STS-B/original/sts-train.tsv": b"x\n", "../escaped.txt": b"x\n", "/tmp/absolute.txt": b"x\n",
+               "STS-B/../../escaped2.txt": b"x\n"}
+    mirror.files["STS-B.zip"] = make_zip(members)
+    pin(monkeypatch, "STS-B.zip", mirror.files["STS-B.zip"])
+    data_dir = tmp_path / "data"
+    ensure_task("stsb", data_dir, mirror.url)
+    produced = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert produced == {f"data/{rel}" for rel in expected_files(glue_dir, get_task("stsb"))}
+
+
+def bomb(name: str, size: int, declared: int = None) -> bytes:
+    """A zip whose member `name` inflates to `size` zero bytes from a few kB; `declared`: the size its
+    headers claim instead (both the local header and the central directory are rewritten)."""
+    raw = bytearray(make_zip({name: bytes(size)}))
+    if declared is not None:
+        for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+            at = raw.index(signature) + offset
+            raw[at:at + 4] = declared.to_bytes(4, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("declared, message", [
+    (None, r"CoLA/train.tsv declares 104857600 bytes, GLUE's has 428590: not extracted"),
+    (428590, r"not a valid zip archive \(BadZipFile: Bad CRC-32"),  # lies about its size: stopped at it
+])
+def test_a_zip_bomb_is_refused_before_it_is_written(mirror, tmp_path, monkeypatch, declared, message):
+    mirror.files["CoLA.zip"] = bomb("CoLA/train.tsv", 100 * 2 ** 20, declared)
+    assert len(mirror.files["CoLA.zip"]) < 200_000
+    pin(monkeypatch, "CoLA.zip", mirror.files["CoLA.zip"])  # even a bomb the pin let through
+    with pytest.raises(DownloadError, match=message):
+        ensure_task("cola", tmp_path, mirror.url)
+    assert_nothing_left(tmp_path)
+
+
+def test_a_member_that_expands_past_its_size_is_stopped_there(tmp_path):
+    """extract's own cap, whatever the zip library would hand out."""
+    class Archive:
+        def getinfo(self, name):
+            info = zipfile.ZipInfo(name)
+            info.file_size = 1000
+            return info
+
+        def open(self, info):
+            return io.BytesIO(bytes(10 ** 6))
+
+    with pytest.raises(DownloadError, match="X/train.tsv expands past its pinned 1000 bytes: stopped there"):
+        download.extract(Archive(), "X/train.tsv", tmp_path / "train.tsv", 1000, "url")
+    assert (tmp_path / "train.tsv").stat().st_size <= 1000 + 2 ** 16
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("huge", f"the server announces {HUGE} bytes, the pinned file has 441275: refused without downloading it"),
+    ("endless", "more than the pinned 441275 bytes: stopped there"),
+])
+def test_a_body_larger_than_pinned_is_not_read_to_its_end(mirror, tmp_path, fault, message):
+    mirror.faults["msr_paraphrase_test.txt"] = fault
+    with pytest.raises(DownloadError, match=f"msr_paraphrase_test.txt: {message}"):
+        ensure_task("mrpc", tmp_path, mirror.url)
+    assert_nothing_left(tmp_path)
+    assert mirror.sent < HUGE // 4  # the client hung up long before the 200 MB
+
+
+def test_command_line_failures_are_one_error_line(mirror, tmp_path, capsys):
+    del mirror.files["mrpc_dev_ids.tsv"]
+    with pytest.raises(SystemExit) as e:
+        main(["--tasks", "mrpc", "--dir", str(tmp_path), "--base-url", mirror.url])
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 1 and [line for line in err if line.startswith("error:")] == err[-1:]
+    assert err[-1].startswith(f"error: {mirror.url}/mrpc_dev_ids.tsv: download failed")
+    done = subprocess.run([sys.executable, "-m", "glue.download", "--tasks", "cola", "--dir", str(tmp_path),
+                           "--base-url", "http://127.0.0.1:9/none"], cwd=Path(download.__file__).parents[1],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "no_proxy": "127.0.0.1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("error: http://127.0.0.1:9/none/CoLA.zip: download failed")
