@@ -18,8 +18,9 @@ from pathlib import Path
 
 from study import claims
 from study.plots import plot_cost, plot_differences, plot_epochs, plot_fractions, plot_time
-from study.runs import METHODS, METRIC_LABEL, TASKS, fmt, group, is_budget, largest_fraction, load, mean_std, \
-    ordered, rank, summarize, table, task_method_key, values
+from study.runs import METHODS, METRIC_LABEL, NOT_READ, TASKS, fmt, group, is_budget, largest_fraction, load, \
+    mean_std, ordered, rank, summarize, table, task_method_key, values
+from study.tuning import tuned_problem
 
 
 def listing(xs, axis=False) -> str:
@@ -178,7 +179,7 @@ def tuning_table(root: Path) -> list:
     path = root / "tuned.json"
     if not runs:
         return []
-    chosen = json.loads(path.read_text())["chosen"] if path.is_file() else {}
+    chosen, problem = read_chosen(path)
     lines = ["## Learning rates (tuning stage)", "",
              "Each task x method trained at every rate on all the training data with the first seed; the "
              "validation score x 100 (10% of GLUE train, never the test set) at the best epoch, that epoch in "
@@ -192,7 +193,20 @@ def tuning_table(root: Path) -> list:
             text = f"{r['config']['lr']:g}: {100 * r['best']['val'][r['best']['metric']]:.2f} ({r['best']['epoch']})"
             tried.append(f"**{text}**" if pick is not None and math.isclose(r["config"]["lr"], pick) else text)
         rows.append([task, method, "; ".join(tried), "–" if pick is None else f"{pick:g}"])
-    return lines + table(["task", "method", "rate: validation @best (epoch)", "chosen"], rows)
+    notes = [f"The chosen rates are not marked: {problem}.", ""] if problem else []
+    return lines + table(["task", "method", "rate: validation @best (epoch)", "chosen"], rows) + notes
+
+
+def read_chosen(path: Path) -> tuple:
+    """(tuned.json's chosen rates, None), or ({}, what is wrong with it): a report is still made."""
+    if not path.is_file():
+        return {}, None
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        return {}, f"{path} is not valid JSON ({type(e).__name__})"
+    problem = tuned_problem(raw, path)
+    return ({}, problem) if problem else (raw["chosen"], None)
 
 
 LEVEL_POINTS = 1.0  # levelled off: within this many points (x 100) of the run's best validation score
@@ -328,7 +342,10 @@ def report(root) -> Path:
     fixed = [r for r in runs if not is_budget(r)]
     lines = header(runs, ignored)
     if (root / "rates.json").is_file():  # sweep --rates: another study's tuning stage chose the rates
-        source = json.loads((root / "rates.json").read_text()).get("from", "?")
+        try:
+            source = json.loads((root / "rates.json").read_text()).get("from", "?")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            source = f"? ({root / 'rates.json'} is not a JSON object)"
         lines.insert(-1, f"- rates taken from `{source}` (relative to this folder; sweep --rates), not tuned here")
     lines += tuning
     plots = []
@@ -353,6 +370,9 @@ def report(root) -> Path:
     out = root / "RESULTS.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out} and {len(plots)} plots from {len(runs)} runs ({len(ignored)} unfinished ignored)")
+    skipped = [r for r in ignored if str(r.get("status")).startswith(NOT_READ)]
+    if skipped:
+        print(f"skipped {len(skipped)} runs it cannot read: " + "; ".join(f"{r['dir']} ({r['status']})" for r in skipped))
     return out
 
 

@@ -7,11 +7,15 @@ metric (results "best.metric": mrpc F1, cola Matthews, stsb Pearson) x 100 on th
 which is GLUE's dev set.
 """
 import json
+import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 DONE = ("complete", "time_budget")
+NOT_READ = ("unreadable", "not a results file", "its directory is named")  # how an ignored run's status
+# begins when its results.json could not be read as the run it is filed as (read_run, problem, misfiled)
 METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")  # display order; hybrids after
 TASKS = ("mrpc", "cola", "stsb")
 METRIC_LABEL = {"f1": "F1", "matthews": "Matthews corr.", "pearson": "Pearson r", "spearman": "Spearman rho",
@@ -30,6 +34,9 @@ def load(root: Path, tuning=False):
             continue
         r = read_run(path)
         r["dir"] = path.parent.relative_to(root).as_posix()
+        if r.get("status") in DONE:  # a finished run the tables cannot read, or filed under another name
+            why = problem(r) or misfiled(r)
+            r = {**r, "status": why} if why else r
         (runs if r.get("status") in DONE else ignored).append(r)
     return flag_duplicates(runs, ignored, tuning)
 
@@ -51,15 +58,81 @@ def read_run(path: Path) -> dict:
     return r
 
 
+ENVIRONMENT_KEYS = ("device_name", "device", "threads", "world_size", "dtype", "torch")  # report.header's
+CONFIG_KEYS = ("task", "method", "frac", "seed", "epochs", "lr", "batch_size", "max_length", "warmup",
+               "weight_decay", "amp")  # what report.header and claims.protocol read from "config"
+
+
+def value(r: dict, path: str):
+    """r's value at a dotted path ("best.test.f1", "evals.0.val.f1"); LookupError naming the path."""
+    x = r
+    for key in path.split("."):
+        try:
+            x = x[int(key)] if isinstance(x, list) else x[key]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise LookupError(f"no {path}") from None
+    return x
+
+
+def problem(r: dict):
+    """Why a finished run's results.json cannot be tabled, or None: every value study.report, claims.py and
+    plots.py read must be there, and be a finite number where they compute (a null metric, no evaluations,
+    no epochs, ...). The reason starts with "unreadable", and the run is listed with the ignored ones."""
+    try:
+        m = value(r, "best.metric")
+        for name in ("evals", "epochs"):
+            if not isinstance(r[name], list) or not r[name]:
+                return f"unreadable: no {name[:-1]} recorded"
+        numbers = ["frac", "seed", "best.epoch", f"best.val.{m}", f"best.test.{m}", "time.train_seconds",
+                   "time.eval_seconds", "time.peak_memory_bytes", "params.trainable", "params.total"]
+        numbers += [f"evals.{i}.{k}" for i in range(len(r["evals"])) for k in ("train_seconds", f"val.{m}", f"test.{m}")]
+        numbers += [f"epochs.{i}.{k}" for i in range(len(r["epochs"]))
+                    for k in ("epoch", "tokens_per_second", f"val.{m}", f"test.{m}")]
+        numbers += [f"baseline.test.{m}"] if "baseline" in r else []
+        bad = next((p for p in numbers if isinstance(value(r, p), bool) or not isinstance(value(r, p), (int, float))
+                    or not math.isfinite(value(r, p))), None)
+        if bad:
+            return f"unreadable: {bad} is {value(r, bad)!r}, not a number"
+        for path in [f"environment.{k}" for k in ENVIRONMENT_KEYS] + [f"config.{k}" for k in CONFIG_KEYS] + \
+                ["model", "pooling"] + [f"epochs.{i}.step_seconds.median" for i in range(len(r["epochs"]))]:
+            value(r, path)
+    except LookupError as e:
+        return f"unreadable: {e.args[0]}"
+    return None
+
+
+CELL_DIR = re.compile(r"^(?P<task>[a-z]+)-(?P<method>[a-z0-9+]+)-(?:f(?P<frac>[0-9.e-]+)|budget(?P<budget>[0-9.e-]+))"
+                      r"-s(?P<seed>\d+)(?:-lr(?P<lr>[0-9.e+-]+))?$")  # study/presets.py Run.name
+
+
+def misfiled(r: dict):
+    """A results.json whose directory is named for another configuration (study/presets.py Run.name:
+    task, method, fraction or budget, seed, and a tuning run's rate): copied or moved by hand, it would
+    count as a run it is not. -> the reason, or None (a directory named otherwise is not judged)."""
+    m = CELL_DIR.match(Path(r["dir"]).name)
+    if not m:
+        return None
+    budget = r["config"].get("time_budget") or 0
+    found = {"task": r["task"], "method": r["method"], "seed": str(r["seed"]),
+             "frac": f"{r['frac']:g}" if m["frac"] else None, "budget": f"{budget:g}" if m["budget"] else None,
+             "lr": f"{r['config']['lr']:g}" if m["lr"] else None}
+    differ = [f"{k} {found[k]} (the name says {m[k]})" for k in found if found[k] != m[k]]
+    if m["frac"] and budget:
+        differ.append(f"time budget {budget:g} min (the name says none)")
+    return f"its directory is named for another run: {', '.join(differ)}" if differ else None
+
+
 def read_results(run_dir: Path):
-    """results.json as a dict; None when there is none; {"status": "unreadable"} when it is corrupt."""
+    """results.json as a dict; None when there is none; {"status": "unreadable"} when it is corrupt or not
+    a JSON object with a status."""
     path = run_dir / "results.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return {"status": "unreadable"}
+    return results if isinstance(results, dict) and isinstance(results.get("status"), str) else {"status": "unreadable"}
 
 
 def flag_duplicates(runs, ignored, tuning=False):

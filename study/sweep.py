@@ -53,13 +53,18 @@ PROTOCOL = ("model", "batch_size", "max_length", "pooling", "amp")  # common fla
 RATES_FROM = "rates.json"  # with --rates: the rates this study took, and their file (relative to the study)
 
 
-def differences(results: dict, run: Run, common: dict) -> list:
-    """Protocol fields where a finished run's config is not what this sweep asks for."""
-    cfg = results.get("config", {})
-    asked = {"epochs": run.epochs, "time_budget": run.budget_minutes, **({"lr": run.lr} if run.lr is not None else {}),
-             **{k: common[k] for k in PROTOCOL if common.get(k) is not None}}
-    return [f"{k} {cfg[k]} (asked {v})" for k, v in asked.items()
-            if k in cfg and cfg[k] != v and str(cfg[k]) != str(v)]
+def foreign(results: dict, run: Run, flags: list) -> list:
+    """Where the results.json in a cell's directory records another run than the cell's: the run fields
+    (rundir.differences: task, method and its options, fraction, seed, rate, epochs, budget, model,
+    pooling, precision, ...) of the config it saved against those train.py builds from the cell's command
+    (`flags`: the sweep's common flags and those after --). [] when it is the cell's. Fields a results.json
+    from an older train.py lacks are not compared."""
+    import config
+    import rundir
+    saved = results.get("config")
+    if not isinstance(saved, dict):
+        return ["no config recorded"]
+    return rundir.differences(saved, config.parse_args([*run.train_args(), *flags]))
 
 
 def parse_args(argv=None):
@@ -170,44 +175,57 @@ def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None
     where = f"shard {args.shard_i}/{args.shard_n}: {len(runs)} of {len(all_runs)}"
     print(f"sweep --grid {args.grid}, {stage} stage -> {args.out} ({where} configurations)", flush=True)
     start = time.perf_counter()
-    todo, counts, stale = plan(runs, args, common, rates)
-    if stale:
-        print(f"warning: {len(stale)} finished runs differ from the requested flags (listed above); "
-              f"delete their directories to run them again", flush=True)
+    todo, counts, others = plan(runs, args, common, rates)
+    if others:
+        print(f"warning: {len(others)} directories hold another run's results.json (listed above): not counted; "
+              f"move them away to run those configurations", flush=True)
     if args.dry_run:
         print(f"dry run, {stage} stage ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
-              f"{counts['to run']} to run", flush=True)
+              f"{counts['to run']} to run{f', {len(others)} holding another run' if others else ''}", flush=True)
         return 0
     codes = execute(todo, args)
     failed = [run.name for run, (tag, run_dir, _, _) in todo
               if codes.get(tag) != 0 or (read_results(run_dir) or {}).get("status") not in DONE]
     print(f"{stage} stage done in {time.perf_counter() - start:.0f}s ({where}): {len(todo) - len(failed)} ran, "
-          f"{counts['copied']} copied, {counts['skipped']} skipped, {len(failed)} failed"
-          f"{' (' + ', '.join(failed) + ')' if failed else ''}", flush=True)
+          f"{counts['copied']} copied, {counts['skipped']} skipped, {len(failed + others)} failed"
+          f"{' (' + ', '.join(failed + others) + ')' if failed + others else ''}", flush=True)
+    failed += others  # a directory holding another run's results.json: the configuration is not done
     return 1 if failed else 0
+
+
+def flag_list(common: dict) -> list:
+    """The sweep's common flags as train.py takes them: ["--model", "minilm", ...], those given only."""
+    return [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
 
 
 def plan(runs: list, args, common: dict, rates: dict = None):
     """What each configuration needs, printed as it is decided: copied from the tuning stage, done
-    (skipped), or to run or resume. -> (todo: [(Run, (tag, directory, command, start message))],
-    counts, names of finished runs whose flags differ from the requested ones)."""
+    (skipped), or to run or resume; a directory whose results.json is another run's (foreign) is none of
+    these: never counted as the cell, never resumed or overwritten. -> (todo: [(Run, (tag, directory,
+    command, start message))], counts, names of the configurations whose directory holds another run)."""
     p, out = args.preset, Path(args.out)
-    common_flags = [x for k, v in common.items() if v is not None for x in ("--" + k.replace("_", "-"), str(v))]
+    common_flags = flag_list(common)
+    flags = common_flags + args.extra  # every train.py flag but the cell's own and --out
     counts = {"copied": 0, "skipped": 0, "to resume": 0, "to run": 0}
-    todo, stale = [], []
+    todo, others = [], []
     for k, run in enumerate(runs, 1):
         run_dir = run.directory(out)
         tag = f"[{k}/{len(runs)}] {run.name}"
-        if rates and not (args.dry_run or args.rates) and reuse_tuning_run(run, rates, p, out):
+        if rates and not (args.dry_run or args.rates) and \
+                reuse_tuning_run(run, rates, p, out, lambda r: foreign(r, run, flags)):
             counts["copied"] += 1
             print(f"{tag}: copied from tune/ (the tuning run at the chosen rate {run.lr:g})", flush=True)
             continue
         results = read_results(run_dir)
         status = results["status"] if results else "new"
+        diff = foreign(results, run, flags) if status in DONE or (status in RESUMABLE and "config" in results) else []
+        if diff:
+            others.append(run.name)
+            print(f"{tag}: NOT COUNTED: {run_dir / 'results.json'} ({status}) is another run's: {', '.join(diff)}",
+                  flush=True)
+            continue
         if status in DONE:
-            diff = differences(results, run, common)
-            stale += [run.name] if diff else []
-            print(f"{tag}: done ({status}){'; differs: ' + ', '.join(diff) if diff else ''}", flush=True)
+            print(f"{tag}: done ({status})", flush=True)
             counts["skipped"] += 1
             continue
         resume = status in RESUMABLE or (run_dir / "resume.pt").is_file()
@@ -221,7 +239,7 @@ def plan(runs: list, args, common: dict, rates: dict = None):
                *args.extra, *(["--resume"] if resume else [])]
         start_message = f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}"
         todo.append((run, (tag, run_dir, cmd, start_message)))
-    return todo, counts, stale
+    return todo, counts, others
 
 
 def execute(todo: list, args) -> dict:
@@ -282,7 +300,7 @@ def main(argv=None) -> int:
             tuning = tuning_grid(p)
             while True:  # the grid's rates, then one further while the best is at an edge
                 code = max(code, run_stage("tune", tuning, args, common))
-                tuned = choose_rates(tuning, out)
+                tuned = choose_rates(tuning, out, lambda run, r: foreign(r, run, flag_list(common) + args.extra))
                 more = [] if tuned["missing"] or args.dry_run else beyond_edges(tuning, tuned["chosen"], p)
                 if not more:
                     break

@@ -211,3 +211,48 @@ def test_runs_not_above_baseline_are_counted_where_the_mean_beats_it(tmp_path):
         write(tmp_path, r)
     text = report.report(tmp_path).read_text()
     assert "| adapter | 0.7 | 3 | 68.67 ± 10.26 | 68.67 ± 10.26 | 66.00 | 2 of 3 | 2.0 |" in text
+
+
+def test_runs_it_cannot_read_are_skipped_and_named_and_the_report_is_still_written(tmp_path, capsys):
+    """Issue 27: a finished run with a null metric, no evaluations, no epochs, a results.json that is a list,
+    one without an environment field, or one filed under another run's name: each is named, none counted,
+    and RESULTS.md is written from the others."""
+    for seed in (0, 1):
+        write(tmp_path, fake_results("mrpc", "bitfit", 1.0, seed, [0.5, 0.9], [0.6, 0.8]))
+    null = fake_results("mrpc", "bitfit", 1.0, 2, [0.5, 0.9], [0.6, 0.8])
+    null["best"]["test"]["f1"] = None
+    no_evals = {**fake_results("mrpc", "bitfit", 1.0, 3, [0.5], [0.6]), "evals": []}
+    no_epochs = {**fake_results("mrpc", "bitfit", 1.0, 4, [0.5], [0.6]), "epochs": []}
+    true_score = fake_results("mrpc", "bitfit", 1.0, 5, [0.5], [0.6])
+    true_score["evals"][0]["val"] = {**true_score["evals"][0]["val"], "f1": True}  # JSON's true
+    no_device = fake_results("mrpc", "bitfit", 1.0, 6, [0.5], [0.6])
+    del no_device["environment"]["device"]
+    for r in (null, no_evals, no_epochs, true_score, no_device):
+        write(tmp_path, r)
+    write(tmp_path, fake_results("cola", "bitfit", 1.0, 0, [0.5], [0.6]), "mrpc-bitfit-f0.5-s0")  # moved by hand
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "results.json").write_text("[1, 2]")
+    text = report.report(tmp_path).read_text()
+    assert "| bitfit | 1 | 2 | 80.00 ± 0.00 |" in text  # the two good runs, nothing else
+    expected = {"mrpc-bitfit-f1-s2": "unreadable: best.test.f1 is None, not a number",
+                "mrpc-bitfit-f1-s3": "unreadable: no eval recorded",
+                "mrpc-bitfit-f1-s4": "unreadable: no epoch recorded",
+                "mrpc-bitfit-f1-s5": "unreadable: evals.0.val.f1 is True, not a number",
+                "mrpc-bitfit-f1-s6": "unreadable: no environment.device",
+                "mrpc-bitfit-f0.5-s0": "its directory is named for another run: task cola (the name says mrpc), "
+                                       "frac 1 (the name says 0.5)",
+                "listed": "not a results file (no task, method, frac)"}
+    out = capsys.readouterr().out
+    assert f"skipped {len(expected)} runs it cannot read" in out
+    for name, why in expected.items():
+        assert f"{name} ({why})" in text and f"{name} ({why})" in out
+
+
+def test_a_malformed_tuned_json_is_named_and_the_report_still_made(synthetic):
+    (synthetic / "tuned.json").write_text(json.dumps({"chosen": {"mrpc": {"lora": True}}}))
+    text = report.report(synthetic).read_text()
+    assert f"The chosen rates are not marked: {synthetic / 'tuned.json'}: chosen.mrpc.lora = true: a rate is " \
+           "a finite positive number." in text
+    assert "| mrpc | lora | 0.0002: 70.00 (1); 0.002: 90.00 (1) | – |" in text
+    (synthetic / "tuned.json").write_text("{")
+    assert "tuned.json is not valid JSON (JSONDecodeError)" in report.report(synthetic).read_text()

@@ -73,7 +73,7 @@ def test_overrides_and_passthrough():
     assert args.preset.amp == "off" and sweep.parse_args(["--grid", "cpu", "--out", "x", "--amp", "bf16"]).preset.amp == "bf16"
     # a finished run in another precision is not what the study asks for
     run = presets.Run("mrpc", "full", 1.0, 0, 6)
-    assert sweep.differences({"config": {"epochs": 6, "amp": "auto"}}, run, {"amp": "off"}) == ["amp auto (asked off)"]
+    assert sweep.foreign({"config": {"epochs": 6, "amp": "auto"}}, run, ["--amp", "off"]) == ["amp 'auto' (asked 'off')"]
 
 
 def test_hybrid_methods_take_their_canonical_name(capsys):
@@ -156,8 +156,37 @@ def test_skip_resume_and_failures(tmp_path, fake_train, capsys):
     assert "mrpc-bitfit-f0.1-s0: done (complete)" in text and "cola-bitfit-f0.1-s0: to run" in text
     assert len(calls(out)) == 3  # a dry run runs nothing
 
-    assert sweep.main(base + ["--epochs", "2", "--tasks", "mrpc"]) == 0  # the protocol changed
-    assert "differs: epochs 1 (asked 2)" in capsys.readouterr().out
+    assert sweep.main(base + ["--epochs", "2", "--tasks", "mrpc"]) == 1  # the protocol changed: not counted
+    text = capsys.readouterr().out
+    assert "mrpc-bitfit-f0.1-s0: NOT COUNTED: " in text and "is another run's: epochs 1 (asked 2)" in text
+    assert "0 ran, 0 copied, 0 skipped, 1 failed (mrpc-bitfit-f0.1-s0)" in text and len(calls(out)) == 3
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("task", "cola", "task 'cola' (asked 'mrpc')"), ("seed", 3, "seed 3 (asked 0)"), ("frac", 0.5, "frac 0.5 (asked 0.1)"),
+    ("lr", 0.5, "lr 0.5 (asked 0.001)"), ("lora_r", 4, "lora_r 4 (asked 8)"), ("model", "bert", "model 'bert'"),
+    ("pooling", "cls", "pooling 'cls' (asked '')"), ("amp", "bf16", "amp 'bf16' (asked 'auto')"),
+    ("time_budget", 10.0, "time_budget 10.0 (asked 0.0)"), ("epochs", 3, "epochs 3 (asked 1)"),
+])
+def test_a_finished_run_of_another_configuration_is_never_counted(tmp_path, fake_train, capsys, field, value, shown):
+    """Issue 27: a results.json sitting in a cell's directory counts only if its config is that cell's
+    (every run field train.py records: task, method and options, fraction, seed, rate, epochs, budget, model,
+    pooling, precision); otherwise the cell is reported, neither skipped as done nor run over."""
+    import config
+    out = tmp_path / "r"
+    flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "lora", "--fracs", "0.1",
+             "--budget-minutes", "0", "--quiet", "--no-report", "--", "--lr", "1e-3"]
+    cell = out / "mrpc-lora-f0.1-s0"
+    cell.mkdir(parents=True)
+    own = config.parse_args(["--task", "mrpc", "--method", "lora", "--frac", "0.1", "--seed", "0", "--epochs", "1",
+                             "--model", "minilm", "--max-length", "16", "--lr", "1e-3"]).record()
+    (cell / "results.json").write_text(json.dumps({"status": "complete", "config": own}))
+    assert sweep.main(flags) == 0 and "mrpc-lora-f0.1-s0: done (complete)" in capsys.readouterr().out
+    (cell / "results.json").write_text(json.dumps({"status": "complete", "config": {**own, field: value}}))
+    assert sweep.main(flags) == 1
+    text = capsys.readouterr().out
+    assert f"mrpc-lora-f0.1-s0: NOT COUNTED: {cell / 'results.json'} (complete) is another run's: {shown}" in text
+    assert "1 directories hold another run's results.json" in text and calls(out) == []
 
 
 def signal_once_running(dirs, *signals):

@@ -74,7 +74,51 @@ def test_tuning_stage_chooses_on_validation_and_feeds_the_grid(tmp_path, monkeyp
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == len(lines)
     (out / "tuned.json").write_text(json.dumps({"chosen": {"mrpc": {"bitfit": -1, "lora": 6e-4}}}))
     assert sweep.main(flags + ["--stage", "main"]) == 2
-    assert "rate of mrpc/bitfit is not a positive number" in capsys.readouterr().err
+    assert "tuned.json: chosen.mrpc.bitfit = -1: a rate is a finite positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"chosen": {"mrpc": {"bitfit": True, "lora": 6e-4}}}, "chosen.mrpc.bitfit = true: a rate is a finite positive"),
+    ({"chosen": {"mrpc": {"bitfit": "1e-3", "lora": 6e-4}}}, 'chosen.mrpc.bitfit = "1e-3": a rate is'),
+    ({"chosen": {"mrpc": {"bitfit": 0, "lora": 6e-4}}}, "chosen.mrpc.bitfit = 0: a rate is"),
+    ({"chosen": {"mrpc": {"bitfit": 1e-3, "lora": None}}}, "chosen.mrpc.lora = null: a rate is"),
+    ({"chosen": {"mrpc": {"bitfit": 1e-3, "lora": 6e-4}, "sst2": {"lora": 1e-3}}}, "chosen.sst2: not a task of ours"),
+    ({"chosen": {"mrpc": {"bitfit": 1e-3, "lora": 6e-4, "lorra": 1e-3}}}, "chosen.mrpc.lorra: not a method of ours"),
+    ({"chosen": {"mrpc": [1e-3]}}, "chosen.mrpc is [0.001], not an object of method: rate"),
+    ({"chosen": [["mrpc", "bitfit", 1e-3]]}, 'not a tuned.json written by the tuning stage (no "chosen" object'),
+    ([1, 2], "not a tuned.json written by the tuning stage"),
+    ("{", "not a tuned.json written by the tuning stage (JSONDecodeError"),
+])
+def test_a_malformed_tuned_json_is_one_line_naming_the_file(tmp_path, content, message):
+    """Issue 27: a rate of `true` trained at lr 1 (Python's True is an int); every entry is checked."""
+    path = tmp_path / "tuned.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    p = presets.PRESETS["cpu"]
+    p = presets.Preset(**{**p.__dict__, "tasks": ("mrpc",), "methods": ("bitfit", "lora")})
+    rates, problem = tuning.read_tuned(path, p)
+    assert rates is None and problem.startswith(f"{path}") and "\n" not in problem
+    assert message in problem, problem
+    path.write_text(json.dumps({"chosen": {"mrpc": {"bitfit": 1e-3, "lora": 6e-4, "bitfit+lora": 2e-4}}}))
+    assert tuning.read_tuned(path, p) == ({"mrpc": {"bitfit": 1e-3, "lora": 6e-4, "bitfit+lora": 2e-4}}, None)
+
+
+def test_a_tuning_run_of_another_configuration_is_not_chosen_from(tmp_path, monkeypatch, capsys):
+    """A finished results.json in a tuning directory whose config is another run's (here: 1 epoch where
+    the stage asks 2) is neither counted as tried nor copied into the grid."""
+    script = tmp_path / "tune_train.py"
+    script.write_text(TUNE_TRAIN)
+    monkeypatch.setattr(sweep, "TRAIN", script)
+    out = tmp_path / "study"
+    flags = ["--grid", "cpu", "--out", str(out), "--tasks", "mrpc", "--methods", "lora", "--stage", "tune",
+             "--epochs", "1", "--quiet"]
+    assert sweep.main(flags) == 0
+    capsys.readouterr()
+    flags[flags.index("--epochs") + 1] = "2"
+    assert sweep.main(flags) == 1
+    text = capsys.readouterr().out
+    assert text.count("NOT COUNTED") == 3 and "is another run's: epochs 1 (asked 2)" in text
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert tuned["chosen"] == {} and tuned["tried"]["mrpc"]["lora"] == {"0.0002": None, "0.0006": None, "0.002": None}
 
 
 def test_a_second_preset_tuning_into_the_study_keeps_the_first_ones_rates(tmp_path, monkeypatch):
