@@ -122,25 +122,37 @@ def _is_cast(t: torch.Tensor, params) -> bool:
 
 def saved_bytes(fn, model: nn.Module) -> tuple:
     """(activation bytes, weight-cast bytes) that autograd saves for backward while fn() runs: each
-    storage once, the model's parameters' and buffers' own storages left out (see the module docstring)."""
+    storage once, the model's parameters' and buffers' own storages left out (see the module docstring).
+    Counting only: the graph fn() builds cannot be backpropagated. The pack hook keeps each saved tensor
+    in its own list (alive until the count is done, so no other storage can reuse its address) and gives
+    autograd a placeholder; the list is emptied before returning. Both matter: every graph node holds the
+    hooks, so a saved tensor reachable from them (the hook's return value, or this list) holds its own
+    grad_fn's node: a cycle through C++ that Python's collector cannot see, which leaked the whole graph."""
     own = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
     by_numel = {}  # numel -> floating parameters of that size: the candidates a cast could copy
     for p in model.parameters():
         if p.is_floating_point():
             by_numel.setdefault(p.numel(), []).append(p)
-    seen = {}  # storage key -> (bytes, a cast?, the tensor: kept alive so no other storage reuses the address)
+    seen, kept = {}, []  # storage key -> (bytes, a cast?); every saved tensor, held until we return
 
     def pack(t):
         key = _storage_key(t)
         if key not in own and key not in seen:
-            seen[key] = (t.untyped_storage().nbytes(), _is_cast(t, by_numel.get(t.numel(), ())), t)
-        return t
+            seen[key] = (t.untyped_storage().nbytes(), _is_cast(t, by_numel.get(t.numel(), ())))
+        kept.append(t)
+        return None
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out  # frees the graph; `seen` still holds the tensors until we return
-    activations = sum(n for n, cast, _ in seen.values() if not cast)
-    return activations, sum(n for n, cast, _ in seen.values() if cast)
+    def unpack(_):
+        raise RuntimeError("memory.saved_bytes built this graph for counting; it cannot run backward")
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            fn()
+    finally:
+        kept.clear()  # the graph's nodes still reference `pack`, so also what it closes over
+        by_numel.clear()
+    activations = sum(n for n, cast in seen.values() if not cast)
+    return activations, sum(n for n, cast in seen.values() if cast)
 
 
 def synthetic_batch(model: nn.Module, batch: int, length: int, device, seed: int = 0) -> tuple:

@@ -1,6 +1,9 @@
 """The memory account (memory.py): saved bytes counted by hand on tiny models, the rules (parameters
 left out, a storage saved twice counted once, weight casts on their own line), the weight, gradient and
 optimizer lines against a real AdamW step, and on CUDA the total against the allocator's peak."""
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn as nn
@@ -40,6 +43,21 @@ def test_a_storage_saved_twice_is_counted_once():
     x = torch.randn(3, 4, requires_grad=True)
     # x * x saves x twice; sin saves a view of x: the same storage, one count
     assert saved_bytes(lambda: (x * x).sum() + x.view(-1).sin().sum(), nn.Module()) == (3 * 4 * F32, 0)
+
+
+def test_counting_leaves_no_graph_alive():
+    """The hooks live in every node of the graph; nothing they reach may hold a saved tensor afterwards
+    (that cycle runs through C++, where Python's collector cannot break it)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    refs = []
+
+    def forward():
+        h = model[1](model[0](torch.randn(3, 4)))  # tanh saves its own output
+        refs.append(weakref.ref(h))
+        return model[2](h).sum()
+    assert saved_bytes(forward, model) == ((3 * 4 + 3 * 8) * F32, 0)  # x for W1, h for tanh and W2
+    gc.collect()
+    assert refs[0]() is None
 
 
 def test_parameters_buffers_and_their_views_are_left_out():
