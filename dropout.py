@@ -9,7 +9,7 @@ draws) is cut into four 16-bit uniforms u in 0..65535, and an element is kept wh
 
 well inside the 1e-4 the issue asks for (8-bit uniforms would miss it: 2**-9 = 2e-3). The comparison and
 the scaling are vectorised elementwise ops; only the integer draw is serial, at a quarter of the
-draws. Kept elements are scaled by 1 / (1 - p), as nn.Dropout does (inverted dropout).
+draws. Kept elements are scaled by 1 / (1 - p) with torch's own arithmetic (model.Dropout).
 
 Where the stream lives: one MaskStream per model, put by `set_masks` into the `masks` slot of every
 model.Dropout (the hidden-state dropouts, the attention-probability dropouts, the classifier head's and
@@ -56,14 +56,15 @@ class MaskStream:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(stream_seed(seed))
 
-    def keep(self, shape, p: float) -> torch.Tensor:
-        """A bool tensor of `shape`, each element True (kept) with probability keep_threshold(p) / LEVELS."""
+    def keep(self, shape, p: float, dtype=torch.bool) -> torch.Tensor:
+        """A tensor of `shape`, each element 1 (True: kept) with probability keep_threshold(p) / LEVELS,
+        else 0, written in `dtype` by the comparison itself (a bool mask and a cast would take two passes)."""
         with torch.profiler.record_function("dropout::masks"):  # named for study/breakdown.py; free unprofiled
             n = math.prod(shape)
             words = torch.empty((n + 3) // 4, dtype=torch.int64)  # (ceil(n / 4),)
             words.random_(-2**63, None, generator=self.generator)  # the full 64-bit range: 2 Twister draws each
             u = words.view(torch.int16)[:n].view(shape)  # 4 uniforms per word, read signed: u + 2**15 in 0..65535
-            return u < keep_threshold(p) - 2**15
+            return torch.lt(u, keep_threshold(p) - 2**15, out=torch.empty(shape, dtype=dtype))
 
 
 def dropouts(model: nn.Module) -> list:

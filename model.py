@@ -15,6 +15,10 @@ Two more slots are None until prompts.py fills them; while None they change noth
   bert.encoder.prefix -- a PrefixEncoder: P key and value vectors per layer and head, seen by every
       query before the T real keys (prefix tuning, Li & Liang, 2021). The output stays (B, T, H).
 
+Every dropout, the attention probabilities' included, is a `Dropout`: nn.Dropout with one more slot,
+`masks`, None until dropout.set_masks fills it (--dropout-masks fast: masks drawn several per random
+integer on a CPU); while None it is nn.Dropout and SDPA's dropout_p, call for call.
+
 The task head pools the last layer one of two ways (`BertConfig.pooling`):
   cls  -- BERT's pooler: tanh(dense(h[CLS])) (Devlin et al., 2019, sec. 3);
   mean -- the attention-masked mean of all token states, no pooler (Reimers & Gurevych, 2019),
@@ -126,8 +130,8 @@ class Dropout(nn.Dropout):
     def forward(self, x):
         if not self.draws_own_mask(x):
             return super().forward(x)
-        keep = self.masks.keep(x.shape, self.p)  # bool, x's shape: True with probability 1 - p
-        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)  # inverted dropout, as nn.Dropout scales
+        noise = self.masks.keep(x.shape, self.p, x.dtype)  # x's shape and dtype: 1 with probability 1 - p, else 0
+        return x * noise.div_(1.0 - self.p)  # inverted dropout, the very arithmetic of torch's CPU dropout
 
 
 def attention_with_own_mask(q, k, v, mask, dropout: Dropout):
@@ -135,7 +139,9 @@ def attention_with_own_mask(q, k, v, mask, dropout: Dropout):
     F.scaled_dot_product_attention computes on a CPU when it drops out (its unfused math path, in fp32
     for bf16 inputs, the result cast back), with our mask in place of its bernoulli_ draw."""
     dtype = q.dtype  # SDPA returns the query's dtype
-    with torch.autocast(q.device.type, enabled=False):  # fp32 like SDPA's math path, not autocast's bf16
+    # the profiler sees this as one operator, as it sees SDPA (study/breakdown.py); autocast is off:
+    # fp32 like SDPA's math path, not autocast's bf16
+    with torch.profiler.record_function("attention_with_own_mask"), torch.autocast(q.device.type, enabled=False):
         scores = q.float() @ k.float().transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, N, T, [P +] T)
         probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # mask: (B, 1, 1, [P +] T)
         return (dropout(probs) @ v.float()).to(dtype)  # (B, N, T, [P +] T) @ (B, N, [P +] T, D) -> (B, N, T, D)

@@ -34,6 +34,9 @@ def test_fast_dropout_drops_and_scales_like_nn_dropout():
     y = layer.train()(torch.ones(1000, 1000))
     assert torch.equal(y.unique(), F.dropout(torch.ones(1000, 1000), 0.25).unique())  # {0, 1 / 0.75} in fp32
     assert abs((y == 0).double().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 1e6)
+    x = torch.randn(50, 60).bfloat16()  # in bf16 too: x times the mask, scaled in x's dtype as torch scales
+    layer.masks = dropout.MaskStream(4)
+    assert torch.equal(layer(x), x * dropout.MaskStream(4).keep(x.shape, 0.25).to(x.dtype).div_(0.75))
 
 
 def test_same_seed_same_masks_other_seed_other_masks():
