@@ -20,20 +20,24 @@ are measured: `saved_bytes` runs the forward pass and the loss, in training mode
 torch.autograd.graph.saved_tensors_hooks, and records every saved tensor's storage (address, bytes).
 That is exact for the kernels of the device it runs on, and they differ: on CPU, dropout saves an fp32
 noise tensor (4 bytes an element) and attention with a mask and dropout takes the math path, saving the
-(B, N, T, T) probabilities; on CUDA dropout saves a bool mask (1 byte) and the fused attention kernels
-save O(B N T). So the account is device-independent in that any device can produce it, the CPU in
-seconds; its activation line is the one of the device it ran on (MemoryAccount.device).
+(B, N, T, T) probabilities; on CUDA, PyTorch's fused dropout saves a bool mask (1 byte) and its fused
+attention kernels keep O(B N T) (not yet measured here: no GPU was lent when this was written). So the
+account is device-independent in that any device can produce it (a CPU in seconds to a minute for
+BERT-base); its activation line is the one of the device it ran on (MemoryAccount.device).
 
 Left out: allocator slack (block rounding, fragmentation, cached free blocks), temporaries freed within
 the step (a forward's intermediates that autograd does not save, the gradients of activations during
 backward, the optimizer's scratch), the CUDA context and library workspaces (cuBLAS), and the batch's
-tensors unless autograd saves them (the input ids, which the embedding saves, are counted). The total
-is the sum of the lines, as if everything were live at once; during a real step, activations are freed
-while gradients are made, so the true peak is about total - gradients + the largest temporaries.
+tensors unless autograd saves them (the input ids are counted when the word embeddings train). The total
+is the sum of the lines, as if everything were live at once; in a real step the gradients are made while
+the activations are freed, so the peak lies below the total by up to the gradients, and above it by the
+temporaries alive at that moment. `account` draws its dropout masks from a forked RNG: measuring a run
+does not change its random stream.
 
 Checked: tests/test_memory.py counts a tiny model's saved bytes by hand and requires equality, and checks
-the gradient and optimizer lines against a real AdamW step; on CUDA, `cuda_check` compares the total
-with torch.cuda.max_memory_allocated over one real step (a test runs it where CUDA is available).
+the gradient and optimizer lines against a real AdamW step; on CUDA, `cuda_check` compares the lines
+with torch.cuda.memory_allocated before one real step and max_memory_allocated during it (a test runs
+it where CUDA is available).
 """
 import argparse
 import copy
@@ -196,7 +200,8 @@ def account(model: nn.Module, trainable: list, batch: int = 32, length: int = 12
     was_training = model.training
     model.train()  # dropout on, as in training: its masks are part of the bill
     try:
-        activations, casts = saved_bytes(lambda: step_loss(model, b, amp_dtype), model)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG untouched
+            activations, casts = saved_bytes(lambda: step_loss(model, b, amp_dtype), model)
     finally:
         model.train(was_training)
     params = list(model.parameters())

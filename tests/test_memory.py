@@ -101,6 +101,14 @@ def test_weights_gradients_and_optimizer_state_match_a_real_adamw_step(tiny_conf
     assert acct.total == sum(acct.record()[line] for line in acct.LINES) == acct.record()["total"]
 
 
+def test_measuring_leaves_the_random_stream_and_the_mode_alone(tiny_config):
+    model = tiny(tiny_config, "cls").eval()
+    trainable = apply_method(model, MethodConfig(method="full"))
+    state = torch.get_rng_state()
+    account(model, trainable, batch=2, length=8)  # dropout draws masks, from a forked generator
+    assert torch.equal(torch.get_rng_state(), state) and not model.training
+
+
 def test_frozen_methods_save_fewer_activations_than_full(tiny_config):
     """On a tiny BERT: BitFit's frozen Linears save no inputs for weight gradients; the head alone saves
     almost nothing of the encoder (no parameter before the head needs a gradient)."""
