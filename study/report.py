@@ -8,7 +8,8 @@ set; "@best" is the epoch with the best validation score, "@last" the final epoc
 seeds is the sample standard deviation (n - 1). Runs under tune/ are the tuning stage's (study/sweep.py):
 they make the learning-rate table, not the grid's. Each method's difference to full fine-tuning
 comes with its intervals (study/claims.py), under the time budget too (one seed: the bootstrap
-alone). A hand-written ANALYSIS.md in the directory is included verbatim.
+alone). A hand-written ANALYSIS.md in the directory is included verbatim. Given one run's directory
+(a results.json directly in it), it draws that run's curves instead (study/curves.py).
 """
 import json
 import math
@@ -377,7 +378,8 @@ def report(root) -> Path:
 
 
 if __name__ == "__main__":
-    usage = "usage: python -m study.report RESULTS_DIR  (writes RESULTS_DIR/RESULTS.md and its plots)"
+    usage = ("usage: python -m study.report RESULTS_DIR  (writes RESULTS_DIR/RESULTS.md and its plots)\n"
+             "one run's directory (a results.json in it): its curves, as python -m study.curves RUN_DIR draws them")
     if sys.argv[1:] in (["-h"], ["--help"]):
         print(usage)
         raise SystemExit(0)
@@ -386,4 +388,8 @@ if __name__ == "__main__":
         raise SystemExit(2)
     if not Path(sys.argv[1]).is_dir():
         raise SystemExit(f"error: {sys.argv[1]}: no such study folder")
+    if (Path(sys.argv[1]) / "results.json").is_file():  # a run, not a study: its picture, not tables of one run
+        from study import curves
+        print(f"{sys.argv[1]} is one run's directory: drawing its curves (python -m study.curves)")
+        raise SystemExit(curves.main(sys.argv[1:]))
     report(sys.argv[1])

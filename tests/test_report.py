@@ -256,3 +256,15 @@ def test_a_malformed_tuned_json_is_named_and_the_report_still_made(synthetic):
     assert "| mrpc | lora | 0.0002: 70.00 (1); 0.002: 90.00 (1) | – |" in text
     (synthetic / "tuned.json").write_text("{")
     assert "tuned.json is not valid JSON (JSONDecodeError)" in report.report(synthetic).read_text()
+
+
+def test_one_runs_directory_gets_its_curves_not_a_report(tmp_path):
+    """Issue 28: `study.report RUN_DIR` draws the run's curves (study/curves.py), not a RESULTS.md of one run."""
+    write(tmp_path, fake_results("mrpc", "bitfit", 1.0, 0, [0.5, 0.9], [0.6, 0.8]))
+    run = tmp_path / "mrpc-bitfit-f1-s0"
+    done = subprocess.run([sys.executable, "-m", "study.report", str(run)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{run} is one run's directory: drawing its curves (python -m study.curves)")
+    assert f"wrote {run / 'curves.png'}" in done.stdout and not (run / "RESULTS.md").exists()
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
