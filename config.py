@@ -79,6 +79,8 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in --out from its resume.pt (refused if resume.pt is "
                                  "another run's)", CONTROL)
     overwrite: bool = option(False, "delete another run's files in --out first (rundir.RUN_FILES)", CONTROL)
+    tensorboard: bool = option(False, "also write the training curve and evaluations for TensorBoard in "
+                                      "--out/tensorboard (needs: pip install tensorboard)", CONTROL)
     audit: bool = option(False, "print the trainable-parameter table and exit", CONTROL)
     debug: bool = option(False, 'show the traceback of an error instead of one "error:" line', CONTROL)
     options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)  # the method, its options
@@ -141,8 +143,8 @@ class TrainConfig:
 # The fields that do not define a run: where things are, how evaluation is batched and how often,
 # compile, and the switches. They change neither the data, the updates nor the scores, so a run may be
 # resumed with other values; every other field of record() is compared (rundir.run_fields).
-NOT_RUN_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile", "audit",
-                  "resume", "overwrite", "debug")
+NOT_RUN_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile", "tensorboard",
+                  "audit", "resume", "overwrite", "debug")
 
 
 def value_problems(name: str, value, flag: str = "") -> list:

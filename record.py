@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from runinfo import write_json
+from runinfo import portable, write_json
 
 
 @dataclass
@@ -41,13 +41,13 @@ class Results:
     def start(cls, cfg, task, task_data, pooling: str, report, env: dict) -> "Results":
         """The record at the start of a run: what it is, what trains (report: audit.Audit), the data,
         the baseline to beat."""
-        return cls(cfg.task, cfg.method, cfg.frac, cfg.seed, cfg.model, pooling, "running",
+        return cls(cfg.task, cfg.method, cfg.frac, cfg.seed, portable(cfg.model), pooling, "running",
                    {"total": report.total, "trainable": report.trainable,
                     "by_group": {g: {"trainable": t, "total": n} for g, t, n in report.rows}},
                    {"train_examples": len(task_data.train), "val_examples": len(task_data.val),
                     "test_examples": len(task_data.test)},
                    baseline_scores(task, task_data),
-                   prediction_list(task_data.test.labels, task.is_regression), env, cfg.record())
+                   prediction_list(task_data.test.labels, task.is_regression), env, portable_record(cfg.record()))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Results":
@@ -68,9 +68,20 @@ class Results:
         self.evals.append(line)
         self.time["eval_seconds"] += seconds
 
-    def add_epoch(self, record: dict):
-        self.epochs.append(record)
-        self.data["padding_fraction"] = record["padding_fraction"]
+    def add_epoch(self, epoch: int, stats: dict, line: dict, completed: bool):
+        """An epoch's record from train.train_epoch's stats (tokens and examples summed over ranks) and
+        its evaluation line; `completed` is False for an epoch a time budget cut short."""
+        seconds, times = stats["seconds"], stats["step_times"]
+        self.epochs.append({
+            "epoch": epoch, "steps": stats["steps"], "train_loss": stats["loss"] / max(stats["steps"], 1),
+            "train_seconds": seconds, "examples_per_second": stats["examples"] / max(seconds, 1e-9),
+            "tokens_per_second": stats["tokens"] / max(seconds, 1e-9),
+            "step_seconds": {"median": float(np.median(times)) if times else None,
+                             "mean": float(np.mean(times)) if times else None,
+                             "p90": float(np.percentile(times, 90)) if times else None},
+            "padding_fraction": stats["padding_fraction"], "val": line["val"], "test": line["test"],
+            "completed": completed, "nonfinite_steps": stats["nonfinite"]})
+        self.data["padding_fraction"] = stats["padding_fraction"]
 
     def keep_if_best(self, epoch: int, line: dict, headline: str, test_predictions, regression: bool) -> bool:
         """Make this epoch `best` if its validation score beats every earlier one; -> whether it did."""
@@ -86,6 +97,14 @@ class Results:
         b = self.baseline
         return " | ".join(f"{split} {metric} {line[split][metric]:.4f} ({b['name']} {b[split][metric]:.4f})"
                           for split in ("val", "test"))
+
+
+def portable_record(record: dict) -> dict:
+    """The config record with its paths relative to the repository (runinfo.portable)."""
+    return {k: portable(v) if k in PATHS else v for k, v in record.items()}
+
+
+PATHS = ("model", "data_dir", "out")  # the config entries that can be a path of this machine
 
 
 def baseline_scores(task, task_data) -> dict:

@@ -13,6 +13,19 @@ import torch
 from precision import cpu_has_bf16
 
 
+ROOT = Path(__file__).resolve().parent  # the repository: recorded paths are relative to it
+
+
+def portable(path) -> str:
+    """A path as a results file records it: relative to the repository when it is a path of this
+    machine ("results/cpu/mrpc-full-f1-s0", "../shared/glue_data"), a name as given ("minilm", a hub
+    id, "") left as it is. The machine's absolute paths mean nothing on a reader's machine."""
+    text = str(path)
+    if not text or not os.path.isabs(text):
+        return text
+    return os.path.relpath(text, ROOT)
+
+
 def synchronize(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -90,5 +103,9 @@ def write_json(path, obj):
     """Write strict JSON (strict_json) atomically: a reader (or a crash) never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(strict_json(obj, indent=2) + "\n")
+    try:
+        tmp.write_text(strict_json(obj, indent=2) + "\n")
+    except OSError:  # a full disk: leave no half-written temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)

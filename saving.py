@@ -137,7 +137,12 @@ def write_resume(path, state: dict):
     """torch.save `state` with its tensor_digest, atomically (a temporary file, then a rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "format": RESUME_FORMAT, "digest": tensor_digest(state)}, tmp)
+    try:  # through a Python file, so that a full disk is OSError ENOSPC (to a path: a RuntimeError)
+        with open(tmp, "wb") as f:
+            torch.save({**state, "format": RESUME_FORMAT, "digest": tensor_digest(state)}, f)
+    except OSError:  # a full disk: no half-written temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

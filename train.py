@@ -21,20 +21,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import adapters
 import audit
 import data
 import distributed as dist
 import glue
+import progress
 import rundir
 import saving
 from checkpoint import load_pretrained
+from optim import budget_progress, build_optimizer, lr_factor
 from config import TrainConfig, check_positions, parse_args, run_cli
 from precision import autocast, grad_scaler, pick_amp, pick_device
 from record import Results
@@ -46,9 +46,25 @@ MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
 
 def main(argv=None):
     cfg = parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a line at a time through a pipe (| tee log), not in blocks
+        sys.stdout.reconfigure(line_buffering=True)
     dist.init()
     task, device = glue.get_task(cfg.task), pick_device(cfg.device)  # the Task, looked up once
-    resume_state, files = check_before_loading(cfg, task)
+    try:
+        resume_state, files = check_before_loading(cfg, task)
+    except rundir.Finished as done:  # --resume of a finished run: say so, touch nothing
+        print(done)
+        return rundir.read_results(Path(cfg.out))
+    try:
+        return train(cfg, task, device, resume_state, files)
+    finally:  # the lock rundir.claim_out_dir took, on every exit
+        if not cfg.audit and dist.is_main():
+            rundir.release(Path(cfg.out))
+
+
+def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
+    """Load, apply the method, audit, then train epoch by epoch: evaluate, keep the best, save the
+    resume state and results.json after each. -> results.json's content (the audit under --audit)."""
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
                                        verbose=dist.is_main())
@@ -60,7 +76,6 @@ def main(argv=None):
     if cfg.audit:
         return report
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "audit.txt").write_text(report.table() + "\n")
     model.to(device)
     amp_dtype = pick_amp(cfg.amp, device)
@@ -75,12 +90,12 @@ def main(argv=None):
     run = Run(cfg, task, task_data, model, train_model, trainable, optimizer, grad_scaler(device, amp_dtype),
               device, amp_dtype, out, results, total_steps)
     start_epoch = load_resume(run, resume_state) if cfg.resume else 0
-    if dist.is_main():  # evals.jsonl holds exactly the evaluations in results (none after a restart)
-        (out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in run.results.evals))
+    open_logs(run, (resume_state or {}).get("steps", []) if start_epoch else [])
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwinds like Ctrl-C: finished epochs are kept
     reset_peak_memory(device)
     status = "complete"
     try:
+        save_results(run, "running")  # from the first step on, a results.json says how the run stands
         for epoch in range(start_epoch, cfg.epochs):
             if run.over_budget():
                 status = "time_budget"
@@ -97,11 +112,14 @@ def main(argv=None):
             if status == "time_budget":
                 break
     except KeyboardInterrupt:
+        close_logs(run)
         save_results(run, "interrupted")
         print(f"interrupted: {out / 'results.json'} keeps {len(run.results.epochs)} epochs", file=sys.stderr)
         raise SystemExit(130)
-    except Exception as e:  # a diverged run or a crash: results.json says so, never "running"
+    except Exception as e:  # a diverged run, a crash, a full disk: results.json says so, never "running"
+        close_logs(run)
         raise fail(run, e)
+    close_logs(run)
     return finish(run, status, frozen_fingerprint)
 
 
@@ -131,6 +149,9 @@ class Run:
     results: Results  # results.json as it stands
     total_steps: int  # planned optimizer steps: the length of the learning-rate schedule
     step: int = 0  # optimizer steps taken
+    steps: progress.StepLog = None  # the training curve, steps.jsonl (open_logs)
+    display: progress.Progress = None  # the bar or plain progress lines
+    tensorboard: object = None  # a SummaryWriter under --tensorboard
 
     @property
     def train_seconds(self) -> float:
@@ -138,6 +159,22 @@ class Run:
 
     def over_budget(self) -> bool:
         return self.cfg.time_budget > 0 and self.train_seconds >= self.cfg.time_budget * 60
+
+
+def open_logs(run: Run, steps: list):
+    """evals.jsonl and steps.jsonl as the results and the resume state hold them (none after a
+    restart), TensorBoard when asked, and the progress display from the step the run is at."""
+    if dist.is_main():
+        (run.out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in run.results.evals))
+        run.tensorboard = progress.open_tensorboard(run.out, run.step) if run.cfg.tensorboard else None
+    run.steps = progress.StepLog(run.out if dist.is_main() else None, steps, run.tensorboard)
+    run.display = progress.Progress(run.total_steps, run.step, dist.is_main())
+
+
+def close_logs(run: Run):
+    run.display.close()
+    if run.tensorboard is not None:
+        run.tensorboard.close()
 
 
 def train_batches(cfg: TrainConfig, task_data, epoch: int) -> list:
@@ -149,13 +186,14 @@ def train_batches(cfg: TrainConfig, task_data, epoch: int) -> list:
 def train_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch, or until the time budget is spent; returns what the epoch's record needs."""
     batches = train_batches(run.cfg, run.task_data, epoch)
-    stats = {"steps": 0, "seconds": 0.0, "step_times": [], "tokens": 0, "examples": 0, "nonfinite": 0}
+    stats = {"steps": 0, "seconds": 0.0, "step_times": [], "tokens": 0, "examples": 0, "nonfinite": 0,
+             "loss": 0.0}
     nonfinite_run = 0
     run.model.train()
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False, disable=quiet_bars())
-    for i, batch in enumerate(bar):
+    run.display.epoch(epoch + 1, run.cfg.epochs, len(batches))
+    for i, batch in enumerate(batches):
         timer = SyncTimer(run.device)
-        loss, lr = train_step(run, batch)
+        loss, lr, grad_norm = train_step(run, batch)
         if loss is None:  # non-finite: no step was taken
             nonfinite_run += 1
             stats["nonfinite"] += 1
@@ -170,21 +208,28 @@ def train_epoch(run: Run, epoch: int) -> dict:
         stats["seconds"] += seconds
         if i >= WARMUP_STEPS_EXCLUDED:
             stats["step_times"].append(seconds)
-        stats["tokens"] += int(batch["attention_mask"].sum())
+        tokens = int(batch["attention_mask"].sum())
+        stats["tokens"] += tokens
         stats["examples"] += len(batch["labels"])
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        stats["loss"] += loss
+        run.steps.add(loss, grad_norm, tokens, seconds)
+        if run.step % progress.LOG_EVERY == 0:
+            run.steps.write(run.step, epoch + (i + 1) / len(batches), lr)
+        run.display.step(run.step, i, loss, tokens / max(seconds, 1e-9))
         if run.cfg.eval_every and run.step % run.cfg.eval_every == 0:
             record_eval(run, epoch + (i + 1) / len(batches))
             save_results(run, "running")
         if run.over_budget():
             break
+    run.steps.write(run.step, epoch + (i + 1) / len(batches), lr)  # the epoch's last steps
     stats["padding_fraction"] = data.padding_fraction(batches)
     return stats
 
 
 def train_step(run: Run, batch: dict) -> tuple:
     """Forward under autocast, the loss in fp32, backward through the scaler, clip, step: returns
-    (loss, learning rate), or (None, None) for a non-finite loss, which takes no step."""
+    (loss, learning rate, gradient norm before clipping as a tensor), or (None, None, None) for a
+    non-finite loss, which takes no step."""
     b = to_device(batch, run.device)
     with autocast(run.device, run.amp_dtype):
         logits = run.train_model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
@@ -193,57 +238,43 @@ def train_step(run: Run, batch: dict) -> tuple:
     if not math.isfinite(loss_value):
         run.results.nonfinite_steps += 1
         run.optimizer.zero_grad(set_to_none=True)
-        return None, None
-    lr = run.cfg.lr * lr_factor(run.step, run.total_steps, run.cfg.warmup, budget_progress(run))
+        return None, None, None
+    lr = run.cfg.lr * lr_factor(run.step, run.total_steps, run.cfg.warmup,
+                                    budget_progress(run.train_seconds, run.step, run.cfg.time_budget))
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
-    torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], run.cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in run.trainable], run.cfg.grad_clip)
     run.scaler.step(run.optimizer)  # under fp16, skipped when a gradient overflowed
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
-    return loss_value, lr
-
-
-def budget_progress(run: Run):
-    """Under --time-budget, the fraction of the budget expected to be spent by the end of this step
-    (the mean step time so far added); else None."""
-    if not run.cfg.time_budget:
-        return None
-    mean_step = run.train_seconds / run.step if run.step else 0.0
-    return (run.train_seconds + mean_step) / (run.cfg.time_budget * 60)
+    return loss_value, lr, grad_norm.detach()
 
 
 def record_eval(run: Run, epoch: float) -> tuple:
     """Evaluate on val and test; add the line to the results and to evals.jsonl. Returns (line,
     test predictions)."""
     timer = SyncTimer(run.device)
-    val, _ = evaluate(run, run.task_data.val)
-    test, test_predictions = evaluate(run, run.task_data.test)
-    line = {"epoch": epoch, "step": run.step, "train_seconds": run.train_seconds, "val": val, "test": test}
-    run.results.add_eval(line, timer.elapsed())
+    val, _ = evaluate(run, run.task_data.val, "val")
+    test, test_predictions = evaluate(run, run.task_data.test, "test")
+    seconds = timer.elapsed()
+    line = {"epoch": epoch, "step": run.step, "train_seconds": run.train_seconds, "val": val, "test": test,
+            "eval_seconds": seconds}
+    run.results.add_eval(line, seconds)
     if dist.is_main():
         with open(run.out / "evals.jsonl", "a") as f:
             f.write(strict_json(line) + "\n")
+        progress.log_eval(run.tensorboard, line)
     return line, test_predictions
 
 
 def record_epoch(run: Run, epoch: int, stats: dict, line: dict, completed: bool):
-    """Add the epoch's record (speed over all ranks, step times, padding, scores) to the results."""
+    """Add the epoch's record (speed over all ranks, loss, step times, padding, scores) to the results."""
     tokens = dist.all_sum(torch.tensor(float(stats["tokens"]))).item()
     examples = int(dist.all_sum(torch.tensor(float(stats["examples"]))).item())
-    seconds, times = stats["seconds"], stats["step_times"]
-    run.results.add_epoch({
-        "epoch": epoch, "steps": stats["steps"],
-        "train_seconds": seconds, "examples_per_second": examples / max(seconds, 1e-9),
-        "tokens_per_second": tokens / max(seconds, 1e-9),
-        "step_seconds": {"median": float(np.median(times)) if times else None,
-                         "mean": float(np.mean(times)) if times else None,
-                         "p90": float(np.percentile(times, 90)) if times else None},
-        "padding_fraction": stats["padding_fraction"],
-        "val": line["val"], "test": line["test"], "completed": completed, "nonfinite_steps": stats["nonfinite"]})
+    run.results.add_epoch(epoch, {**stats, "tokens": tokens, "examples": examples}, line, completed)
 
 
 def save_best(run: Run, epoch: int, line: dict, test_predictions):
@@ -261,7 +292,8 @@ def save_best(run: Run, epoch: int, line: dict, test_predictions):
 def epoch_line(run: Run, epoch: int, line: dict) -> str:
     """The one log line per epoch: time, speed, and the scores beside the baseline's."""
     record = run.results.epochs[-1]
-    return (f"epoch {epoch:3d} | train {record['train_seconds']:7.1f}s | {record['tokens_per_second']:8.0f} tok/s | "
+    return (f"epoch {epoch:3d} | loss {record['train_loss']:.4f} | train {record['train_seconds']:7.1f}s | "
+            f"eval {line['eval_seconds']:5.1f}s | {record['tokens_per_second']:7.0f} tok/s | "
             f"{run.results.vs_baseline(line, run.task.headline)}"
             + (f" | {record['nonfinite_steps']} non-finite steps skipped (loss NaN or inf: no update)"
                if record["nonfinite_steps"] else ""))
@@ -271,7 +303,7 @@ def save_resume(run: Run, epoch: int):
     """resume.pt: the state after `epoch` with its sha256, written atomically (saving.write_resume)."""
     saving.write_resume(run.out / "resume.pt", {
         "epoch": epoch, "step": run.step, "results": json.dumps(run.results.to_dict()),
-        "trainable": {n: p.detach().cpu() for n, p in run.trainable},
+        "trainable": {n: p.detach().cpu() for n, p in run.trainable}, "steps": run.steps.lines,
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state()})
 
 
@@ -293,19 +325,19 @@ def load_resume(run: Run, state) -> int:
 
 def fail(run: Run, error: BaseException) -> BaseException:
     """results.json says "failed" and why (rundir.failure_reason), so a stopped run never stays
-    "running"; returns the error, for main to raise on."""
+    "running" (on a full disk too: rundir.save_even_when_full); returns the error for main to raise,
+    a full disk's as one line naming the disk, the directory and what to do (rundir.disk_full)."""
     run.results.failure = rundir.failure_reason(error)
     save_results(run, "failed")
-    return error
+    return rundir.disk_full(run.out, error) if rundir.is_disk_full(error) else error
 
 
 def save_results(run: Run, status: str):
     timing = run.results.time
     timing["peak_memory_bytes"] = max(timing["peak_memory_bytes"], peak_memory_bytes(run.device))
+    run.results.status = status
     if dist.is_main():
-        run.results.save(run.out / "results.json", status)
-    else:
-        run.results.status = status
+        rundir.save_even_when_full(lambda: run.results.save(run.out / "results.json", status), run.out)
 
 
 def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:
@@ -337,7 +369,7 @@ def loss_fn(logits, labels, regression: bool):
     return F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
 
 
-def evaluate(run: "Run", split) -> tuple:
+def evaluate(run: "Run", split, name: str) -> tuple:
     """(metrics and mean loss, predictions in the split's order) over a labelled split, in
     inference mode, batches sorted by length. Predictions are class ids, or scores for regression."""
     model, task = run.model, run.task
@@ -346,7 +378,7 @@ def evaluate(run: "Run", split) -> tuple:
     eval_batches = data.batches(split, run.cfg.eval_batch_size, shuffle=False, rank=dist.rank(),
                                 world_size=dist.world_size())
     with torch.inference_mode(), autocast(run.device, run.amp_dtype):
-        for batch in tqdm(eval_batches, desc="evaluate", leave=False, disable=quiet_bars()):
+        for batch in run.display.evaluating(eval_batches, name):
             b = to_device(batch, run.device)
             logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()
             losses.append(loss_fn(logits, b["labels"], task.is_regression) * len(logits))
@@ -358,34 +390,6 @@ def evaluate(run: "Run", split) -> tuple:
     loss = dist.all_sum(torch.stack(losses).sum()).item() / len(index)
     assert sorted(index.tolist()) == list(range(len(split))), "evaluation must see every example once"
     return {"loss": loss, **task.compute_metrics(preds.numpy(), labels.numpy())}, preds[torch.argsort(index)].numpy()
-
-
-def quiet_bars() -> bool:
-    """Progress bars only on rank 0 and only on a terminal (a log file gets the epoch lines)."""
-    return not dist.is_main() or not sys.stderr.isatty()
-
-
-def build_optimizer(trainable, cfg, device):
-    """AdamW over exactly the audited list; no decay on biases and LayerNorm (BERT's recipe)."""
-    decay = [p for n, p in trainable if p.ndim >= 2]
-    no_decay = [p for n, p in trainable if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
-
-
-def lr_factor(step: int, total_steps: int, warmup: float, budget_progress=None) -> float:
-    """Linear warm-up then linear decay to zero, over the planned steps; under --time-budget, over
-    the budget's training time instead (`budget_progress`: the fraction expected to be spent by the
-    end of this step), so that the epoch cap does not stretch the schedule."""
-    if budget_progress is not None:
-        p = min(1.0, budget_progress)
-        return p / warmup if p < warmup else max(0.0, (1 - p) / (1 - warmup))
-    warmup_steps = math.ceil(warmup * total_steps)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
 
 
 if __name__ == "__main__":

@@ -165,12 +165,14 @@ def test_another_runs_directory_is_refused_then_overwritten(tmp_path):
                        "frac 1.0 seed 0, status complete; results.json, best.safetensors\\): pass --resume"):
         rundir.claim_out_dir(parse_args(["--method", "bitfit", "--out", str(out)]))
     assert rundir.claim_out_dir(parse_args(["--method", "bitfit", "--out", str(out), "--overwrite"])) is None
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK, rundir.RESERVE]  # held by this process
     (out / "audit.txt").write_text("a run that finished no epoch")  # nothing worth protecting
     rundir.claim_out_dir(parse_args(["--out", str(out)]))
     (out / "train.log").write_text("the sweep's log")  # not a run file
     rundir.claim_out_dir(parse_args(["--out", str(out)]))
     assert (out / "train.log").is_file()
+    rundir.release(out)
+    assert sorted(p.name for p in out.iterdir()) == ["train.log"]
 
 
 def test_resume_of_another_run_is_refused_naming_what_differs(tmp_path):
@@ -260,11 +262,10 @@ def test_nonfinite_abort_and_crash_leave_status_failed_with_the_reason(tmp_path,
 
 
 def results_file(task="mrpc", method="bitfit", frac=1.0, seed=0, status="complete"):
-    evals = [{"epoch": 1, "train_seconds": 1.0, "val": {"f1": 0.8}, "test": {"f1": 0.7}}]
-    return {"task": task, "method": method, "frac": frac, "seed": seed, "status": status, "model": "m",
-            "pooling": "mean", "config": {"time_budget": 0}, "params": {"trainable": 1, "total": 2},
-            "best": {"epoch": 1, "metric": "f1", "val": {"f1": 0.8}, "test": {"f1": 0.7}}, "evals": evals,
-            "epochs": evals, "time": {"train_seconds": 1.0, "peak_memory_bytes": 1}, "environment": {}}
+    """A real committed results.json (every field the report reads), relabelled."""
+    r = json.loads((ROOT / "results" / "cpu-minilm-tuned" / "mrpc-bitfit-f1-s0" / "results.json").read_text())
+    r["config"].update(task=task, method=method, frac=frac, seed=seed)
+    return {**r, "task": task, "method": method, "frac": frac, "seed": seed, "status": status}
 
 
 def test_report_leaves_out_failed_runs_flags_duplicates_and_names_non_results_files(tmp_path):

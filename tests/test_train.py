@@ -13,6 +13,7 @@ import torch
 
 import precision
 import runinfo
+import optim
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,11 +130,11 @@ def test_torchrun_two_cpu_processes_agree_with_one(tmp_path, glue_dir):
 
 def test_learning_rate_schedule():
     total, warmup = 100, 0.06  # 6 warm-up steps
-    factors = [train.lr_factor(s, total, warmup) for s in range(total)]
+    factors = [optim.lr_factor(s, total, warmup) for s in range(total)]
     assert factors[0] == pytest.approx(1 / 6) and factors[5] == 1.0
     assert factors[6] == pytest.approx(94 / 94) and factors[99] == pytest.approx(1 / 94)
     assert all(a >= b for a, b in zip(factors[5:], factors[6:]))  # decays monotonically
     # under a time budget the schedule follows the fraction of the budget spent, not the steps
-    assert train.lr_factor(0, 10**6, warmup, budget_progress=0.03) == pytest.approx(0.5)
-    assert train.lr_factor(0, 10**6, warmup, budget_progress=0.53) == pytest.approx(0.5)
-    assert train.lr_factor(0, 10**6, warmup, budget_progress=1.2) == 0.0
+    assert optim.lr_factor(0, 10**6, warmup, budget_progress=0.03) == pytest.approx(0.5)
+    assert optim.lr_factor(0, 10**6, warmup, budget_progress=0.53) == pytest.approx(0.5)
+    assert optim.lr_factor(0, 10**6, warmup, budget_progress=1.2) == 0.0
