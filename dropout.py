@@ -1,8 +1,8 @@
 """Dropout masks drawn fast on a CPU (--dropout-masks fast), and the switch back to torch's (torch).
 
 Why: torch's CPU dropout draws every mask element with `bernoulli_`, one Mersenne Twister number per
-element on one thread, and a MiniLM training step has 13 hidden-state and 6 attention-probability
-dropouts: about a fifth of a CPU step (issue 31). Here each 64-bit random integer (two Mersenne Twister
+element on one thread, and a MiniLM training step has 13 hidden-state dropouts (and the head's) and 6
+attention-probability ones: about a fifth of a CPU step (issue 31). Here each 64-bit random integer (two Mersenne Twister
 draws) is cut into four 16-bit uniforms u in 0..65535, and an element is kept when u < t with
 
     t = round((1 - p) * 65536),    so P(keep) = t / 65536,    |P(keep) - (1 - p)| <= 2**-17 = 7.6e-6,

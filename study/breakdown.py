@@ -2,12 +2,13 @@
 
   python -m study.breakdown --model minilm --methods full bitfit lora --amp bf16 --dropout-masks fast
 
-Each method trains a few steps on real MRPC batches (batch 32, length-bucketed as train.py batches them),
-first untimed (every batch shape once: oneDNN builds its kernels on a shape's first use), then timed
-without the profiler (the measured step), then profiled. Every profiled event's self time (its time less
-its children's) goes to exactly one part, so the parts sum to the profiled step exactly; the table sets
-that sum beside the measured step (the profiler's own overhead is the difference) and names the time
-no operator accounts for, `unattributed`: Python between operators and the autograd engine's own work.
+Each method trains a few steps on real GLUE batches (MRPC, batch 32, length-bucketed as train.py makes them),
+first untimed (every batch shape once: oneDNN builds its kernels on a shape's first use), then each batch
+twice in a row: timed without the profiler (the measured step), then profiled. Every profiled event's
+self time (its time less its children's) goes to exactly one part, so the parts sum to the profiled step
+exactly; the table sets that sum beside the measured step (the profiler's own overhead, and the machine's
+noise, are the difference) and names the time no operator accounts for, `unattributed`: Python between
+operators and the autograd engine's own work.
 
 How an event is sorted (`category`, over the event and its enclosing events):
   optimizer      anything inside the optimizer phase: unscale, gradient clipping, AdamW, zero_grad
@@ -17,7 +18,7 @@ How an event is sorted (`category`, over the event and its enclosing events):
   matmul         aten::mm / addmm: forward; in the backward pass, by what the product sums over:
                  the rows (B*T tokens, or B pooled examples) is a weight gradient, a feature width
                  an input gradient (a batch whose rows equal a layer's width would make the two
-                 indistinguishable: `distinct_batches` leaves such batches out)
+                 indistinguishable: `usable_batches` leaves such batches out)
   attention      SDPA, our attention_with_own_mask, and the batched products and softmax of attention
   casts/copies   aten::to / _to_copy / copy_ / clone / contiguous: autocast's casts, gradient casts
   elementwise+norm  every other operator: LayerNorm, GELU, adds, dropout's multiply, embeddings, loss
@@ -27,7 +28,6 @@ import argparse
 import copy
 import re
 import time
-from collections import defaultdict
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,8 @@ from config import run_cli
 from lora import LoRALinear
 from precision import autocast, grad_scaler, keep_frozen_in_compute_dtype, pick_amp
 
-STEP, FORWARD, BACKWARD, OPTIMIZER = "breakdown::step", "breakdown::forward", "breakdown::backward", "breakdown::optimizer"
+STEP, FORWARD = "breakdown::step", "breakdown::forward"  # record_function scopes of train_step
+BACKWARD, OPTIMIZER = "breakdown::backward", "breakdown::optimizer"
 PARTS = ("matmul fwd", "matmul input-grad", "matmul weight-grad", "attention", "dropout masks",
          "elementwise+norm", "casts/copies", "optimizer", "unattributed")
 MASKS = re.compile(r"^(aten::bernoulli_?|dropout::masks)$")
@@ -80,7 +81,7 @@ def matmul_part(kernel, in_backward: bool, rows: set, widths: set) -> str:
     k = contraction(kernel)
     if k in rows and k in widths:
         raise ValueError(f"a backward matmul sums over {k}, both a row count and a layer width: "
-                         "leave such batches out (distinct_batches)")
+                         "leave such batches out (usable_batches)")
     return "matmul weight-grad" if k in rows else "matmul input-grad"
 
 
@@ -128,6 +129,17 @@ def distinct_batches(batches: list, widths: set, extra_rows=0) -> list:
     return [b for b in batches if not rows(b) & widths]
 
 
+def usable_batches(model, batches: list, steps: int) -> list:
+    """The first `steps` of `batches` whose rows are no layer width of `model` (its soft prompt's V
+    virtual tokens counted); an error when none is left."""
+    prompt = model.bert.embeddings.prompt
+    kept = distinct_batches(batches, widths_of(model), 0 if prompt is None else prompt.weight.shape[0])[:steps]
+    if not kept:
+        raise ValueError(f"none of {len(batches)} batches has row counts distinct from the layer widths "
+                         f"{sorted(widths_of(model))}")
+    return kept
+
+
 def train_step(model, params, optimizer, scaler, batch, amp_dtype):
     """One step as study/bench.py times it, in the three named phases the categories read."""
     device = torch.device("cpu")
@@ -153,30 +165,34 @@ def row_counts(model):
 
 
 def profiled(model, trainable: list, batches: list, amp_dtype) -> tuple:
-    """Train `model` (on the CPU) on `batches` three times over: untimed, timed, profiled. Returns the
-    profiler's events, the row counts the Linears saw, and the timed pass's mean step in seconds."""
+    """Train `model` (on the CPU) on each batch three times: once untimed (a pass over all of them
+    first), then timed without the profiler and at once again under it, so that a machine whose load
+    drifts does not tell the two apart. Returns the profiled steps' events, the row counts the Linears
+    saw, and the mean timed step in seconds."""
     model.train()
     params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
     scaler = grad_scaler(torch.device("cpu"), amp_dtype)
     for b in batches:  # untimed: every shape once
         train_step(model, params, optimizer, scaler, b, amp_dtype)
-    start = time.perf_counter()  # CPU work is synchronous: the clock needs no synchronisation
+    rows, hooks = row_counts(model)  # on in both kinds of step: the same work
+    measured, events = 0.0, []
     for b in batches:
+        start = time.perf_counter()  # CPU work is synchronous: the clock needs no synchronisation
         train_step(model, params, optimizer, scaler, b, amp_dtype)
-    measured = (time.perf_counter() - start) / len(batches)
-    rows, hooks = row_counts(model)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for b in batches:
+        measured += time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             train_step(model, params, optimizer, scaler, b, amp_dtype)
+        events += prof.events()
     for h in hooks:
         h.remove()
-    return prof.events(), rows, measured
+    return events, rows, measured / len(batches)
 
 
-def measure_parts(model, trainable: list, batches: list, amp_dtype) -> dict:
-    """The measured step (no profiler), the profiled step and {part: seconds}, means per step over
-    `batches` (see `profiled`; batches from distinct_batches)."""
+def measure_parts(model, trainable: list, batches: list, amp_dtype, steps: int = 5) -> dict:
+    """The measured step (no profiler), the profiled step and {part: seconds}, means per step over the
+    first `steps` usable batches (see `profiled`, `usable_batches`). Trains `model` on the CPU."""
+    batches = usable_batches(model, batches, steps)
     events, rows, measured = profiled(model, trainable, batches, amp_dtype)
     parts = {k: v * 1e-6 / len(batches) for k, v in parts_of(events, rows, widths_of(model)).items()}
     step = sum(e.cpu_time_total for e in events if e.name == STEP) * 1e-6 / len(batches)
@@ -208,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods to break down (adapters.MethodConfig checks the names)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example after truncation")
-    p.add_argument("--steps", type=int, default=5, help="batches per pass (three passes: untimed, timed, profiled)")
+    p.add_argument("--steps", type=int, default=5, help="batches, each trained on untimed, timed and profiled")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="autocast precision on the CPU")
     p.add_argument("--dropout-masks", default="torch", choices=dropout.MODES, help="torch's masks or dropout.py's")
     p.add_argument("--cast-frozen", action=argparse.BooleanOptionalAction, default=True,
@@ -235,9 +251,7 @@ def main(argv=None):
         dropout.set_masks(model, args.dropout_masks, seed=0)
         if args.cast_frozen:
             keep_frozen_in_compute_dtype(model, amp_dtype)
-        prompt = cfg.prompt_length if "prompt" in adapters.method_parts(method) else 0
-        batches = distinct_batches(all_batches, widths_of(model), prompt)[:args.steps]
-        rows.append({"method": method, **measure_parts(model, trainable, batches, amp_dtype)})
+        rows.append({"method": method, **measure_parts(model, trainable, all_batches, amp_dtype, args.steps)})
     print(f"{args.model}, {args.task}, batch {args.batch_size}, {amp_dtype or 'fp32'}, dropout masks "
           f"{args.dropout_masks}, frozen cast {'on' if args.cast_frozen and amp_dtype else 'off'}, "
           f"{torch.get_num_threads()} threads")

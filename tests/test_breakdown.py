@@ -87,6 +87,11 @@ def test_batches_whose_rows_equal_a_width_are_left_out(tiny_config):
     short = {"input_ids": torch.ones(4, 3, dtype=torch.long)}  # 12 rows, but 4 * (3 + 5) = 32 with a prompt of 5
     assert breakdown.distinct_batches([ok, tokens, pooled, short], widths) == [ok, short]
     assert breakdown.distinct_batches([ok, short], widths, extra_rows=5) == [ok]
+    model = tiny(tiny_config, "cls")
+    apply_method(model, MethodConfig("prompt", prompt_length=5))  # V = 5 virtual tokens: `short` clashes
+    assert breakdown.usable_batches(model, [short, ok, ok], steps=1) == [ok]
+    with pytest.raises(ValueError, match="none of 2 batches"):
+        breakdown.usable_batches(model, [short, pooled], steps=3)
 
 
 def test_a_product_over_a_row_count_that_is_also_a_width_is_an_error():

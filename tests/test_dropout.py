@@ -46,9 +46,9 @@ def test_same_seed_same_masks_other_seed_other_masks():
         assert m.shape == shape and torch.equal(m, b.keep(shape, 0.1))
         assert not torch.equal(m, c.keep(shape, 0.1))
     # the stream is not the one torch.manual_seed(7) restarts (that one draws the init and the data order)
-    words = torch.empty(4, dtype=torch.int64)
-    assert not torch.equal(words.random_(-2**63, None, generator=torch.Generator().manual_seed(7)),
-                           torch.empty(4, dtype=torch.int64).random_(-2**63, None, generator=dropout.MaskStream(7).generator))
+    def words(generator):
+        return torch.empty(4, dtype=torch.int64).random_(-2**63, None, generator=generator)
+    assert not torch.equal(words(torch.Generator().manual_seed(7)), words(dropout.MaskStream(7).generator))
 
 
 class OldSelfAttention(nn.Module):
@@ -134,7 +134,8 @@ def test_fast_attention_equals_the_formula_with_its_mask():
     assert torch.allclose(attention_with_own_mask(q, k, v, mask, layer.eval()),
                           F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 in, bf16 out, as SDPA under autocast
-        assert attention_with_own_mask(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, layer.train()).dtype == torch.bfloat16
+        y = attention_with_own_mask(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, layer.train())
+    assert y.dtype == torch.bfloat16
 
 
 def test_fast_mode_attention_layer_uses_our_mask(tiny_config):
