@@ -14,6 +14,8 @@ that everything else stayed frozen.
           plus the task head (Li & Liang, 2021; prompts.py).
   ia3     vectors rescaling keys, values and the FFN activation, plus the task head (Liu et al.,
           2022; ia3.py).
+  qlora   LoRA on layers whose frozen weight is stored in 4-bit NormalFloat, plus the task head
+          (Dettmers et al., 2023; qlora.py, nf4.py).
 Hybrids combine methods by name, `bitfit+lora`: the parts' modules are all inserted and the trainable
 set is the union of their rows of TRAINABLE (the "hybrid" family of Xu et al.'s PEFT survey, 2023,
 arXiv 2312.12148). The name is canonical with its parts sorted; `full` and `head` stand alone.
@@ -42,8 +44,9 @@ from ia3 import IA3_PARAMS, IA3_TARGETS, IA3Linear, add_ia3
 from lora import LORA_PARAMS, LORA_TARGETS, LoRALinear, add_lora
 from model import ACTIVATIONS
 from prompts import PREFIX_PARAMS, PROMPT_PARAMS, add_prefix, add_prompt
+from qlora import NF4_PARAMS, add_qlora
 
-METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")
+METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3", "qlora")
 SOLO = {"full": "it already trains every parameter", "head": "every method already trains the task head"}
 # placement -> slots (module paths inside bert.encoder.layer.N) that get an Adapter. houlsby: two per
 # layer (Houlsby et al., 2019, Fig. 2). pfeiffer: one per layer, in the FFN slot, the position Pfeiffer
@@ -136,6 +139,8 @@ class MethodConfig:
     prompt_length: int = option(20, "V, prompt tuning's virtual tokens", METHOD)
     prefix_length: int = option(20, "P, prefix tuning's positions per layer", METHOD)
     prefix_hidden: int = option(512, "width of prefix tuning's reparameterisation MLP", METHOD)
+    qlora_double_quant: bool = option(True, "QLoRA: also quantize the 4-bit blocks' scales (Dettmers et "
+                                            "al. sec. 3)", METHOD)
     train_pooler: bool = option(False, "also train BERT's pretrained pooler ([CLS] pooling only; `full` "
                                        "trains it anyway)", METHOD)
 
@@ -186,14 +191,17 @@ class MethodConfig:
 
 def lora_target_problems(method: str, targets) -> list:
     """What is wrong with --lora-targets: names, repeats, and layers (IA)^3 rescales when a hybrid
-    has both (one nn.Linear can become LoRALinear or IA3Linear, not both)."""
+    has both (one nn.Linear can become LoRALinear or IA3Linear, not both); lora with qlora."""
     if isinstance(targets, str) or not targets or len(set(targets)) != len(targets):
         return [f"lora_targets must be a non-empty tuple of distinct names from {list(LORA_TARGETS)}, "
                 f"got {targets!r}"]
     unknown = [f"lora target {t!r}: allowed {list(LORA_TARGETS)}" for t in targets if t not in LORA_TARGETS]
+    parts = set(method.split("+"))
+    if {"lora", "qlora"} <= parts:  # one nn.Linear becomes LoRALinear or QLoRALinear
+        return [f"method {method!r}: lora and qlora adapt the same layers; choose one"]
     ia3_paths = {path for path, _ in IA3_TARGETS.values()}
     shared = [t for t in targets if LORA_TARGETS.get(t) in ia3_paths]
-    if not unknown and {"lora", "ia3"} <= set(method.split("+")) and shared:
+    if not unknown and "ia3" in parts and parts & {"lora", "qlora"} and shared:
         free = [t for t in LORA_TARGETS if LORA_TARGETS[t] not in ia3_paths]
         return [f"method {method!r}: lora_targets {shared} are layers (IA)^3 rescales; "
                 f"choose lora_targets among {free}"]
@@ -254,6 +262,7 @@ TRAINABLE = {  # method -> anchored regexes over parameter names; a parameter tr
     "prompt": (PROMPT_PARAMS,) + HEAD,
     "prefix": (PREFIX_PARAMS,) + HEAD,
     "ia3": (IA3_PARAMS,) + HEAD,  # l_k, l_v, l_ff in every layer
+    "qlora": (LORA_PARAMS,) + HEAD,  # LoRA's A and B; the 4-bit weights (qlora.NF4_PARAMS) stay frozen
 }
 
 
@@ -308,6 +317,8 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
         add_adapters(model, cfg)
     if "lora" in parts:
         add_lora(model, cfg)
+    if "qlora" in parts:
+        add_qlora(model, cfg)
     if "ia3" in parts:
         add_ia3(model)
     if "prompt" in parts:
@@ -328,8 +339,9 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
             raise ValueError(f"method {cfg.method!r}: pattern r'{pattern}' of {part!r} claims no parameter "
                              f"of this model; {fix}")
     trains = {n: any(re.search(p, n) for _, p in patterns) for n, _ in params}
-    # Independent of the patterns: what the method inserted exists only to be trained.
-    frozen_new = [n for n, _ in params if n not in before and not trains[n]]
+    # Independent of the patterns: what the method inserted exists only to be trained, but for QLoRA's
+    # 4-bit form of a pretrained weight, which replaces that weight, frozen as it was.
+    frozen_new = [n for n, _ in params if n not in before and not trains[n] and not re.search(NF4_PARAMS, n)]
     if frozen_new:
         raise ValueError(f"method {cfg.method!r}: parameters it inserted match no pattern of its row and "
                          f"would stay frozen: {frozen_new[:4]}{' ...' if len(frozen_new) > 4 else ''}")

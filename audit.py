@@ -17,6 +17,7 @@ from adapters import ADAPTER_PARAMS, mergeable_layers, method_patterns
 from ia3 import IA3_PARAMS
 from lora import LORA_PARAMS
 from prompts import PREFIX_PARAMS, PROMPT_PARAMS
+from qlora import NF4_PARAMS
 
 # Every parameter by kind: a second view, independent of the method table (adapters.TRAINABLE), which
 # is what makes the audit an audit: it counts what trains in each kind whatever the method claims. The
@@ -32,6 +33,7 @@ GROUPS = (  # disjoint by construction: every parameter must match exactly one (
     ("prompt", PROMPT_PARAMS),
     ("prefix", PREFIX_PARAMS),  # the MLP and its embedding, or the merged prefixes
     ("IA3", IA3_PARAMS),
+    ("4-bit weights", NF4_PARAMS),  # QLoRA's frozen NF4 codes (two weights a byte) and their scales
     ("pooler", r"^bert\.pooler\.dense\.(weight|bias)$"),  # BERT's pretrained pooler ([CLS] pooling only)
     ("head", r"^classifier\.(weight|bias)$"),  # the task head
 )

@@ -17,7 +17,7 @@ from flags import CONTROL, GROUPS, HOW, WHAT, Parser, add_flags, bad, finite, op
 from precision import AMP_CHOICES
 
 DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head": 1e-3,
-              "prompt": 3e-3, "prefix": 5e-4, "ia3": 3e-3}
+              "prompt": 3e-3, "prefix": 5e-4, "ia3": 3e-3, "qlora": 5e-4}
 MODEL_LR = {"minilm": {"full": 1e-4}}  # where one rate cannot serve both models (default_lr says why)
 
 
@@ -39,6 +39,7 @@ def default_lr(method: str, model: str = "") -> float:
       prefix 5e-4: as for adapters: the reparameterisation MLP is a small network trained from
           scratch, like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches).
       ia3 3e-3: the T-Few recipe's rate (Liu et al. 2022), which trains only the l vectors.
+      qlora 5e-4: LoRA's; the 4-bit base changes what the update is added to, not how it trains.
     MODEL_LR overrides them for one model: full fine-tuning of --model minilm (6 layers, hidden 384)
     under-trains at BERT-base's 2e-5 (MRPC, 3 epochs, seed 0: test F1 82.45) and trains at 1e-4
     (86.33); README "Default learning rates". These are a single run's defaults; the study takes its
@@ -69,6 +70,10 @@ class TrainConfig:
     amp: str = option("auto", "autocast precision; auto = bf16 where the hardware has it", HOW,
                       choices=AMP_CHOICES)
     device: str = option("auto", "auto, cpu, cuda, cuda:N", HOW)
+    dropout_masks: str = option("auto", "how dropout draws its masks: fast (several decisions per random "
+                                        "integer, CPU), torch (torch's own, every run before this option); "
+                                        "auto: fast on a CPU, torch on CUDA, or what a resumed run recorded",
+                                HOW, choices=("auto", "torch", "fast"))
     compile: bool = option(False, "torch.compile the model", HOW)
     eval_batch_size: int = option(128, "evaluation runs in inference mode, so it affords larger batches",
                                   CONTROL)

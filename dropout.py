@@ -76,6 +76,18 @@ def dropouts(model: nn.Module) -> list:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Dropout)]
 
 
+def resolve(mode: str, device, recorded=None) -> str:
+    """The --dropout-masks in force: "torch" or "fast" as given; "auto": what the run being resumed
+    recorded (`recorded`, its results.json; "torch" for a run from before the option, as every
+    committed run is), else "fast" on a CPU and "torch" on CUDA, whose own kernels draw masks fast."""
+    if mode != "auto":
+        return mode
+    config = recorded.get("config") if isinstance(recorded, dict) else None
+    if isinstance(config, dict):
+        return config.get("dropout_masks", "torch")
+    return "fast" if device.type == "cpu" else "torch"
+
+
 def set_masks(model: nn.Module, mode: str, seed: int = 0) -> int:
     """Switch every dropout of `model` to `mode`: "torch" (torch's masks from its global generator, the
     stream every committed run used) or "fast" (one MaskStream seeded from `seed`, shared by all of them).

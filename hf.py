@@ -43,6 +43,7 @@ from checkpoint import MINILM_ALIAS, load_pretrained, resolve_model_dir
 from ia3 import IA3_TARGETS, IA3Linear
 from lora import LORA_TARGETS, LoRALinear
 from prompts import PrefixEncoder, SoftPrompt
+from qlora import QLoRALinear
 
 PEFT_PREFIX = "base_model.model."  # PeftModel(model): the transformers model is base_model.model
 LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.(.+)$")  # module name -> (layer index, path inside it)
@@ -50,6 +51,8 @@ REFUSED = {  # module kind -> why a PEFT adapter cannot hold it (this module's d
     SoftPrompt: "PEFT's prompt tuning puts the virtual tokens before [CLS]; ours go after it",
     PrefixEncoder: "PEFT's prefix tuning shifts the real tokens' positions by the prefix length; ours do not",
     Adapter: "PEFT has no bottleneck adapter (Houlsby et al.)",
+    QLoRALinear: "our QLoRA's 4-bit base is NF4 quantized here, not by bitsandbytes: a PEFT LoRA on the "
+                 "full-precision base would compute another function",
 }
 LORA_UNSUPPORTED = {  # adapter_config.json field -> the value our LoRA formula needs
     "use_rslora": False, "use_dora": False, "bias": "none", "lora_bias": False, "fan_in_fan_out": False,

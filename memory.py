@@ -41,9 +41,7 @@ it where CUDA is available).
 """
 import argparse
 import copy
-import re
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -217,15 +215,8 @@ def account(model: nn.Module, trainable: list, batch: int = 32, length: int = 12
 
 # --------------------------------------------------------------------------- per method
 def apply(model: nn.Module, method: str) -> list:
-    """The method's modules and trainable list, through adapters.apply_method with its defaults. qlora:
-    until adapters registers it, built here with lora's options and trainable pattern."""
-    if method != "qlora" or "qlora" in adapters.METHODS:
-        return adapters.apply_method(model, adapters.MethodConfig(method=method))
-    qlora.add_qlora(model, SimpleNamespace(**{**asdict(adapters.MethodConfig(method="lora")), "qlora_double_quant": True}))
-    patterns = [pattern for _, pattern in adapters.method_patterns("lora")]
-    for name, p in model.named_parameters():
-        p.requires_grad_(any(re.search(pattern, name) for pattern in patterns))
-    return adapters.trainable_params(model)
+    """The method's modules and trainable list, through adapters.apply_method with its defaults."""
+    return adapters.apply_method(model, adapters.MethodConfig(method=method))
 
 
 def method_accounts(base: nn.Module, methods=MEASURED, batch: int = 32, length: int = 128, amp_dtype=None) -> list:

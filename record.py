@@ -36,9 +36,10 @@ class Results:
     nonfinite_steps: int = 0  # steps skipped for a NaN or infinite loss
     checkpoint_bytes: int = None  # size of best.safetensors, once written
     failure: str = None  # why a failed run failed (rundir.failure_reason)
+    memory: dict = None  # one training step's memory bill, line by line (memory.account)
 
     @classmethod
-    def start(cls, cfg, task, task_data, pooling: str, report, env: dict) -> "Results":
+    def start(cls, cfg, task, task_data, pooling: str, report, env: dict, memory: dict = None) -> "Results":
         """The record at the start of a run: what it is, what trains (report: audit.Audit), the data,
         the baseline to beat."""
         return cls(cfg.task, cfg.method, cfg.frac, cfg.seed, portable(cfg.model), pooling, "running",
@@ -47,7 +48,8 @@ class Results:
                    {"train_examples": len(task_data.train), "val_examples": len(task_data.val),
                     "test_examples": len(task_data.test)},
                    baseline_scores(task, task_data),
-                   prediction_list(task_data.test.labels, task.is_regression), env, portable_record(cfg.record()))
+                   prediction_list(task_data.test.labels, task.is_regression), env, portable_record(cfg.record()),
+                   memory=memory)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Results":
@@ -58,7 +60,7 @@ class Results:
 
     def to_dict(self) -> dict:
         """results.json's content: every field, the two that appear only once set left out until then."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("checkpoint_bytes", "failure")}
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("checkpoint_bytes", "failure", "memory")}
 
     def save(self, path, status: str):
         self.status = status

@@ -23,20 +23,22 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import adapters
 import audit
 import data
 import distributed as dist
+import dropout
 import glue
+import memory
 import progress
 import rundir
 import saving
 from checkpoint import load_pretrained
+from evaluation import evaluate, loss_fn, to_device
 from optim import budget_progress, build_optimizer, lr_factor
 from config import TrainConfig, check_positions, parse_args, run_cli
-from precision import autocast, grad_scaler, pick_amp, pick_device
+from precision import autocast, grad_scaler, keep_frozen_in_compute_dtype, pick_amp, pick_device
 from record import Results
 from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, strict_json
 
@@ -50,6 +52,8 @@ def main(argv=None):
         sys.stdout.reconfigure(line_buffering=True)
     dist.init()
     task, device = glue.get_task(cfg.task), pick_device(cfg.device)  # the Task, looked up once
+    cfg.dropout_masks = dropout.resolve(cfg.dropout_masks, device, rundir.read_results(Path(cfg.out))
+                                        if cfg.resume and not cfg.audit else None)
     try:
         resume_state, files = check_before_loading(cfg, task)
     except rundir.Finished as done:  # --resume of a finished run: say so, touch nothing
@@ -79,13 +83,16 @@ def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
     (out / "audit.txt").write_text(report.table() + "\n")
     model.to(device)
     amp_dtype = pick_amp(cfg.amp, device)
+    dropout.set_masks(model, cfg.dropout_masks, seed=cfg.seed)  # after apply_method: LoRA's dropouts too
+    keep_frozen_in_compute_dtype(model, amp_dtype)  # bf16 only; before the fingerprint, which covers the dtype
     task_data = data.load_task_data(files, tokenizer, max_length=cfg.max_length, frac=cfg.frac, seed=cfg.seed)
     optimizer = build_optimizer(trainable, cfg, device)
     audit.assert_optimizer_matches(optimizer, trainable)
     frozen_fingerprint = audit.fingerprint(model)
     train_model = dist.wrap(torch.compile(model) if cfg.compile else model, device)
     results = Results.start(cfg, task, task_data, model.config.pooling, report,
-                            environment(device, amp_dtype, dist.world_size()))
+                            environment(device, amp_dtype, dist.world_size()), measure_memory(cfg, model, trainable,
+                                                                                              amp_dtype))
     total_steps = cfg.epochs * len(train_batches(cfg, task_data, epoch=0))
     run = Run(cfg, task, task_data, model, train_model, trainable, optimizer, grad_scaler(device, amp_dtype),
               device, amp_dtype, out, results, total_steps)
@@ -121,6 +128,15 @@ def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
         raise fail(run, e)
     close_logs(run)
     return finish(run, status, frozen_fingerprint)
+
+
+def measure_memory(cfg: TrainConfig, model, trainable, amp_dtype) -> dict:
+    """One training step's memory bill (memory.account: weights, gradients, AdamW state, saved
+    activations) at --batch-size x --max-length, measured without disturbing any random stream."""
+    state = dropout.get_state(model)
+    bill = memory.account(model, trainable, cfg.batch_size, cfg.max_length, cfg.method, amp_dtype=amp_dtype)
+    dropout.set_state(model, state)
+    return bill.record()
 
 
 def check_before_loading(cfg: TrainConfig, task: glue.Task) -> tuple:
@@ -257,8 +273,10 @@ def record_eval(run: Run, epoch: float) -> tuple:
     """Evaluate on val and test; add the line to the results and to evals.jsonl. Returns (line,
     test predictions)."""
     timer = SyncTimer(run.device)
-    val, _ = evaluate(run, run.task_data.val, "val")
-    test, test_predictions = evaluate(run, run.task_data.test, "test")
+    val, _ = evaluate(run.model, run.task, run.task_data.val, run.cfg.eval_batch_size, run.device, run.amp_dtype,
+                      lambda batches: run.display.evaluating(batches, "val"))
+    test, test_predictions = evaluate(run.model, run.task, run.task_data.test, run.cfg.eval_batch_size, run.device,
+                                      run.amp_dtype, lambda batches: run.display.evaluating(batches, "test"))
     seconds = timer.elapsed()
     line = {"epoch": epoch, "step": run.step, "train_seconds": run.train_seconds, "val": val, "test": test,
             "eval_seconds": seconds}
@@ -304,7 +322,8 @@ def save_resume(run: Run, epoch: int):
     saving.write_resume(run.out / "resume.pt", {
         "epoch": epoch, "step": run.step, "results": json.dumps(run.results.to_dict()),
         "trainable": {n: p.detach().cpu() for n, p in run.trainable}, "steps": run.steps.lines,
-        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state()})
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state(),
+        "dropout_rng": dropout.get_state(run.model)})
 
 
 def load_resume(run: Run, state) -> int:
@@ -319,6 +338,7 @@ def load_resume(run: Run, state) -> int:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])  # a disabled scaler saved {} and ignores it
     torch.set_rng_state(state["rng"])
+    dropout.set_state(run.model, state.get("dropout_rng"))
     print(f"resumed from {path} after epoch {state['epoch']}")
     return state["epoch"]
 
@@ -358,38 +378,6 @@ def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:
             print(f"warning: test {headline} does not beat the {baseline['name']} baseline: the model learned "
                   f"nothing visible (try more --epochs, another --lr, or more data)")
     return run.results.to_dict()
-
-
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def loss_fn(logits, labels, regression: bool):
-    logits = logits.float()  # the loss in fp32 whatever autocast produced
-    return F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
-
-
-def evaluate(run: "Run", split, name: str) -> tuple:
-    """(metrics and mean loss, predictions in the split's order) over a labelled split, in
-    inference mode, batches sorted by length. Predictions are class ids, or scores for regression."""
-    model, task = run.model, run.task
-    model.eval()
-    preds, labels, index, losses = [], [], [], []
-    eval_batches = data.batches(split, run.cfg.eval_batch_size, shuffle=False, rank=dist.rank(),
-                                world_size=dist.world_size())
-    with torch.inference_mode(), autocast(run.device, run.amp_dtype):
-        for batch in run.display.evaluating(eval_batches, name):
-            b = to_device(batch, run.device)
-            logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).float()
-            losses.append(loss_fn(logits, b["labels"], task.is_regression) * len(logits))
-            preds.append((logits[:, 0] if task.is_regression else logits.argmax(-1)).cpu())
-            labels.append(batch["labels"])
-            index.append(batch["index"])
-    model.train()
-    preds, labels, index = dist.gather_cat([torch.cat(preds), torch.cat(labels), torch.cat(index)])
-    loss = dist.all_sum(torch.stack(losses).sum()).item() / len(index)
-    assert sorted(index.tolist()) == list(range(len(split))), "evaluation must see every example once"
-    return {"loss": loss, **task.compute_metrics(preds.numpy(), labels.numpy())}, preds[torch.argsort(index)].numpy()
 
 
 if __name__ == "__main__":

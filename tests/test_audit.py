@@ -15,7 +15,8 @@ from prompts import merge_prefix
 
 
 def test_audit_groups_and_table(minilm):
-    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3", "pooler"},
+    expected_groups = {"full": {g for g, _ in GROUPS} - {"adapters", "LoRA", "prompt", "prefix", "IA3", "pooler",
+                                                          "4-bit weights"},
                        "bitfit": {"biases", "head"},
                        "adapter": {"adapters", "LayerNorm", "biases", "head"}, "lora": {"LoRA", "head"},
                        "head": {"head"}}
@@ -45,7 +46,7 @@ def test_groups_are_disjoint_and_cover(tiny_config):
     add_adapters(model, MethodConfig("adapter"))
     add_lora(model, MethodConfig("lora", lora_targets=ALL_TARGETS))
     names = [n for n, _ in model.named_parameters()]
-    new_groups = {"prompt", "prefix", "IA3"}  # the new methods' modules: the next test
+    new_groups = {"prompt", "prefix", "IA3", "4-bit weights"}  # the new methods' modules: the next test
     assert {group_of(n) for n in names} == {g for g, _ in GROUPS} - new_groups  # group_of raises unless one matches
     model.extra = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="extra.weight"):
@@ -56,6 +57,9 @@ def test_groups_are_disjoint_and_cover_every_new_module(tiny_config):
     model = tiny(tiny_config, "cls")
     apply_method(model, MethodConfig("adapter+ia3+lora+prefix+prompt", adapter_size=4, **SMALL))
     names = [n for n, _ in model.named_parameters()]
+    quantized = tiny(tiny_config, "cls")
+    apply_method(quantized, MethodConfig("qlora", **SMALL))
+    names += [n for n, _ in quantized.named_parameters()]  # QLoRA's 4-bit weights
     assert {group_of(n) for n in names} == {g for g, _ in GROUPS}  # group_of raises unless exactly one matches
     merge_prefix(model)
     assert group_of("bert.encoder.prefix.kv") == "prefix"

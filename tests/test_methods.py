@@ -242,7 +242,7 @@ def test_hybrid_names_are_canonical_and_checked():
                        ("full+lora", "'full' cannot be part of a hybrid: it already trains every parameter"),
                        ("head+bitfit", "'head' cannot be part of a hybrid"),
                        ("lora-bitfit", r"allowed \['full', 'bitfit', 'adapter', 'lora', 'head', 'prompt', 'prefix', "
-                                       r"'ia3'\], or several joined by '\+'")]:
+                                       r"'ia3', 'qlora'\], or several joined by '\+'")]:
         with pytest.raises(ValueError, match=match):
             MethodConfig(bad)
     with pytest.raises(ValueError, match=r"lora_targets \['value'\] are layers \(IA\)\^3 rescales"):
@@ -272,7 +272,7 @@ def test_hybrid_trains_the_union_of_its_parts(tiny_config, method, train_pooler)
 # ------------------------------------------------------------------------- config errors, precision
 @pytest.mark.parametrize("bad,match", [
     (dict(method="prefix-tuning"), r"method 'prefix-tuning': allowed \['full', 'bitfit', 'adapter', 'lora', 'head', "
-                                    r"'prompt', 'prefix', 'ia3'\], or several joined by '\+'"),
+                                    r"'prompt', 'prefix', 'ia3', 'qlora'\], or several joined by '\+'"),
     (dict(method="lora", lora_targets=("query_proj",)), r"lora target 'query_proj': allowed \['query'"),
     (dict(method="lora", lora_targets="query"), r"non-empty tuple of distinct names from \['query'"),
     (dict(method="lora", lora_targets=("query", "query")), "distinct"),
