@@ -19,8 +19,8 @@ from pathlib import Path
 
 from study import claims
 from study.plots import plot_cost, plot_differences, plot_epochs, plot_fractions, plot_time
-from study.runs import METHODS, METRIC_LABEL, NOT_READ, TASKS, fmt, group, is_budget, largest_fraction, load, \
-    mean_std, ordered, rank, summarize, table, task_method_key, values
+from study.runs import METHODS, METRIC_LABEL, NOT_READ, TASKS, baseline, fmt, group, is_budget, largest_fraction, \
+    load, mean_std, ordered, rank, summarize, table, task_method_key, values
 from study.tuning import tuned_problem
 
 
@@ -98,13 +98,6 @@ def compute_hours(rs) -> float:
     """Training plus evaluation time of the runs, summed, in hours; a grid run copied from the tuning
     stage (study/sweep.py) is counted with the tuning runs, not twice."""
     return sum(r["time"]["train_seconds"] + r["time"]["eval_seconds"] for r in rs if "copied_from" not in r) / 3600
-
-
-def baseline(rs) -> float:
-    """Mean test score x 100 of the runs' constant prediction (majority class, or mean score); None
-    for runs made before results.json recorded it."""
-    scores = [100 * r["baseline"]["test"][r["best"]["metric"]] for r in rs if "baseline" in r]
-    return statistics.mean(scores) if scores else None
 
 
 def not_beaten(score: float, floor: float) -> bool:

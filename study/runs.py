@@ -171,6 +171,13 @@ def summarize(r) -> dict:
             "tok_s": statistics.mean(e["tokens_per_second"] for e in r["epochs"])}
 
 
+def baseline(rs) -> float:
+    """Mean test score x 100 of the runs' constant prediction (majority class, or mean score); None
+    for runs made before results.json recorded it."""
+    scores = [100 * r["baseline"]["test"][r["best"]["metric"]] for r in rs if "baseline" in r]
+    return statistics.mean(scores) if scores else None
+
+
 def mean_std(xs):
     """(mean, sample std, n) of the values that are not None; std None for fewer than 2."""
     xs = [x for x in xs if x is not None]

@@ -268,3 +268,40 @@ def test_one_runs_directory_gets_its_curves_not_a_report(tmp_path):
     assert done.stdout.startswith(f"{run} is one run's directory: drawing its curves (python -m study.curves)")
     assert f"wrote {run / 'curves.png'}" in done.stdout and not (run / "RESULTS.md").exists()
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_failed_seed_does_not_take_over_a_panel(tmp_path, monkeypatch):
+    """Issue 28: the y-limits come from the bulk of the scores; a failed seed (test 0.05 among 0.84-0.87) is
+    drawn at the edge and counted in the title, each seed has its own marker, and the baseline is drawn."""
+    from study import plots
+    for seed, t in enumerate([0.86, 0.85, 0.05]):  # seed 2 learned nothing
+        r = fake_results("stsb", "lora", 0.3, seed, [0.5, 0.9], [0.6, t])
+        r["baseline"] = {"name": "constant", "prediction": 2.7, "val": {"pearson": 0.0}, "test": {"pearson": 0.0}}
+        write(tmp_path, r)
+        write(tmp_path, fake_results("stsb", "full", 0.3, seed, [0.5, 0.9], [0.6, 0.87 - 0.01 * seed]))
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, legend=False: figures.append(fig))
+    rs, _ = runs.load(tmp_path)
+    plots.plot_fractions(rs, tmp_path / "f.png")
+    ax = figures[0].axes[0]
+    low, high = ax.get_ylim()
+    assert 84 < low < 85 and 87 < high < 88, (low, high)  # not 0 to 90
+    assert ax.get_title() == "stsb (2 clipped)"  # the seed at 5 and the cell's mean, 58.67
+    assert "5.0, 58.7" in [t.get_text() for t in ax.texts]
+    assert "constant 0.0, below the axis" in [t.get_text() for t in ax.get_legend().get_texts()]
+    from matplotlib.collections import PathCollection
+    markers = {c.get_paths()[0].vertices.tobytes() for c in ax.collections if isinstance(c, PathCollection)}
+    assert len(markers) == 3
+    legend = [t.get_text() for t in figures[0].legends[0].get_texts()]
+    assert legend[:3] == ["seed 0", "seed 1", "seed 2"] and "constant prediction (test)" in legend
+
+
+def test_limits_clip_only_beyond_an_empty_gap():
+    from study import plots
+    bulk = [84.0, 84.5, 85.0, 85.5, 86.0, 86.5, 87.0]
+    low, high = plots.limits(bulk + [5.5])
+    assert 80 < low < 84 and 87 < high < 89  # the failed seed is beyond the gap
+    low, high = plots.limits(bulk + [44.0, 52.0, 60.0, 68.0, 76.0, 80.0])  # a learning curve's climb: kept
+    assert low < 44
+    low, high = plots.limits(bulk, extra=[83.0, 88.0, 150.0])  # error bar ends near the data widen it; far ones not
+    assert 82 < low < 83 and 88 < high < 90
