@@ -194,3 +194,23 @@ def test_resumed_stream_draws_what_the_uninterrupted_one_draws(tiny_config):
     assert torch.equal(dropout.stream_of(model).keep((5, 7), 0.1), first)
     with pytest.raises(ValueError, match="present"):
         dropout.set_state(BertForSequenceClassification(tiny_config), state)  # a torch-mode model
+
+
+def test_auto_masks_are_fast_on_a_cpu_torch_on_cuda_and_what_a_resumed_run_recorded():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert dropout.resolve("auto", cpu) == "fast" and dropout.resolve("auto", cuda) == "torch"
+    assert dropout.resolve("auto", cpu, {"config": {"task": "mrpc"}}) == "torch"  # a run from before the option
+    assert dropout.resolve("auto", cuda, {"config": {"dropout_masks": "fast"}}) == "fast"
+    assert dropout.resolve("torch", cpu) == "torch" and dropout.resolve("fast", cuda, {"config": {}}) == "fast"
+    assert dropout.resolve("auto", cpu, {"status": "unreadable"}) == "fast"  # nothing recorded to follow
+
+
+def test_a_run_records_its_masks_and_resume_refuses_others(tmp_path, glue_dir):
+    import rundir
+    import train
+    from config import parse_args
+    argv = ["--model", "minilm", "--task", "mrpc", "--method", "head", "--frac", "0.03", "--epochs", "1",
+            "--max-length", "32", "--amp", "off", "--data-dir", str(glue_dir), "--out", str(tmp_path / "r")]
+    assert train.main(argv)["config"]["dropout_masks"] == "fast"  # auto, on this CPU
+    with pytest.raises(rundir.RunDirError, match=r"dropout_masks 'fast' \(asked 'torch'\)"):
+        rundir.claim_out_dir(parse_args([*argv, "--resume", "--dropout-masks", "torch"]))

@@ -223,3 +223,26 @@ def test_merge_is_refused_and_the_weights_are_under_a_third(tiny_config):
         q.merge()
     stored, dense = quantized_bytes(model)
     assert dense == 4 * tiny_config.num_hidden_layers * (4 * 32 * 32 + 2 * 32 * 64) and stored <= 0.3 * dense
+
+
+def test_train_py_trains_qlora_passes_the_freeze_proof_and_its_checkpoint_round_trips(tmp_path, glue_dir):
+    """train.py --method qlora end to end: the 4-bit codes never move (the run's own proof), and the
+    best checkpoint, loaded onto a fresh base, predicts the test split exactly as the run recorded."""
+    import numpy as np
+
+    import data
+    import glue
+    import train
+    from evaluation import evaluate
+    from saving import load_trainable
+    out = tmp_path / "run"
+    results = train.main(["--model", "minilm", "--task", "mrpc", "--method", "qlora", "--frac", "0.03",
+                          "--epochs", "1", "--max-length", "32", "--amp", "off", "--data-dir", str(glue_dir),
+                          "--out", str(out)])
+    assert results["freeze_audit"] == "passed" and results["params"]["by_group"]["4-bit weights"]["trainable"] == 0
+    assert results["memory"]["method"] == "qlora" and results["memory"]["frozen_weights"] > 0
+    model, tokenizer, meta = load_trainable(out / "best.safetensors")
+    task = glue.get_task("mrpc")
+    test = data.load_task_data(data.read_task_files(task, glue_dir), tokenizer, max_length=32).test
+    _, preds = evaluate(model, task, test, 256, torch.device("cpu"), None)
+    assert meta["method"] == "qlora" and np.array_equal(preds, results["best"]["test_predictions"])

@@ -167,7 +167,7 @@ def test_export_merged_loads_as_plain_bert(minilm, tmp_path, pooling):
         export_merged(adapter_model, tmp_path / "nope")
 
 
-@pytest.mark.parametrize("method", ("ia3", "bitfit+lora", "adapter+bitfit", "ia3+lora+prompt"))
+@pytest.mark.parametrize("method", ("ia3", "bitfit+lora", "adapter+bitfit", "ia3+lora+prompt", "qlora", "bitfit+qlora"))
 def test_save_load_round_trip(minilm, tmp_path, method):
     model = copy.deepcopy(minilm["mean"][0])
     cfg = MethodConfig(method, **SMALL)
