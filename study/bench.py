@@ -14,6 +14,13 @@ gets its usual data pipeline: random batches padded to their longest sequence
 (DataCollatorWithPadding); ours gets length-bucketed batches. Both see the same examples;
 throughput counts real tokens only.
 --model bert-base-random builds BERT-base's config with random weights: speed only.
+
+--memory prints each method's training-memory bill instead (memory.py: frozen and trainable weights,
+gradients, AdamW state, saved activations, weight casts, buffers) at --batch-size x --max-length and at
+the task's median length-bucketed batch length. --breakdown adds, per method, where a step's time goes
+(study/breakdown.py: matmuls forward / input-gradient / weight-gradient, attention, dropout masks,
+elementwise, optimizer, casts; CPU). Each model draws its dropout masks as train.py would
+(--dropout-masks) and, under bf16, keeps its frozen Linear weights in bf16, as train.py does.
 """
 import argparse
 import gc
@@ -27,13 +34,16 @@ import torch.nn.functional as F
 
 import adapters
 import data
+import dropout
 import glue
+import memory
 from model import BertConfig, BertForSequenceClassification, encoder_flops_per_token
 from runinfo import SyncTimer, environment, reset_peak_memory, synchronize, write_json
 from tokenizer import BertTokenizer
 from checkpoint import load_pretrained, minilm_dir
 from config import TrainConfig, run_cli
-from precision import AMP_CHOICES, autocast, grad_scaler, pick_amp, pick_device
+from precision import AMP_CHOICES, autocast, grad_scaler, keep_frozen_in_compute_dtype, pick_amp, pick_device
+from study import breakdown
 
 HF_REFERENCE = ("full", "bitfit", "lora", "head")  # methods hf_model builds the reference way
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}  # dense
@@ -203,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also measure transformers (+ peft for LoRA) for {', '.join(HF_REFERENCE)}")
     p.add_argument("--data-dir", default="", help="GLUE directory; '' = $GLUE_DIR, else ~/.cache/bertfit/glue_data")
     p.add_argument("--out", default="", help="JSON file of the results; '' = bench-<device>.json")
+    p.add_argument("--dropout-masks", default="auto", choices=("auto", "torch", "fast"),
+                   help="as train.py's: auto = fast on a CPU, torch on CUDA")
+    p.add_argument("--memory", action="store_true", help="print each method's memory bill instead of timing it")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also split each method's step into parts with the profiler (CPU)")
     return p
 
 
@@ -233,14 +248,17 @@ def main(argv=None):
     hf_train = hf_batches(task_data.train, args.batch_size, tokenizer.pad_token_id, seed=0)
     hf_eval = hf_batches(task_data.test, args.eval_batch_size, tokenizer.pad_token_id, seed=0)
     mean_len = float(np.mean([len(x) for x in task_data.train.input_ids]))
-    rows = []
+    if args.memory:
+        return memory_tables(base, args, amp_dtype, ours_train, device)
+    masks, rows = dropout.resolve(args.dropout_masks, device), []
     for method in args.methods:
         cfg = adapters.MethodConfig(method=method)
-        model = model_fresh(base)
-        trainable = adapters.apply_method(model, cfg)
-        row = {"method": method, "stack": "bertfit",
+        model, trainable = prepared(base, cfg, masks, amp_dtype)
+        row = {"method": method, "stack": "bertfit", "dropout_masks": masks,
                **measure(model, trainable, ours_train, ours_eval, args, device, amp_dtype)}
         row["mfu"] = mfu(row, base.config, device, mean_len)
+        if args.breakdown:
+            row["breakdown"] = breakdown.measure_parts(*prepared(base, cfg, masks, amp_dtype), ours_train, amp_dtype)
         rows.append(row)
         print(json.dumps(row))
         del model, trainable  # freed before the next model is measured: peak memory counts one model at a time
@@ -260,6 +278,39 @@ def main(argv=None):
     out = Path(args.out or f"bench-{device.type}.json")
     write_json(out, result)
     print_table(result)
+    if args.breakdown:
+        print("\nwhere a training step's time goes (torch.profiler; study/breakdown.py)")
+        print(breakdown.table([{"method": r["method"], **r["breakdown"]} for r in rows if "breakdown" in r]))
+    print(f"wrote {out}")
+    return result
+
+
+def prepared(base, cfg, masks: str, amp_dtype) -> tuple:
+    """A fresh copy of `base` with the method applied, as train.py prepares it: its dropout masks, and
+    frozen Linear weights kept in bf16 under bf16 autocast. -> (model, trainable)."""
+    model = model_fresh(base)
+    trainable = adapters.apply_method(model, cfg)
+    dropout.set_masks(model, masks, seed=0)
+    keep_frozen_in_compute_dtype(model, amp_dtype)
+    return model, trainable
+
+
+def memory_tables(base, args, amp_dtype, train_batches, device) -> dict:
+    """--memory: each method's bill (memory.account) at --max-length and at the median bucketed length."""
+    bucketed = int(np.median([b["input_ids"].shape[1] for b in train_batches]))
+    result = {"model": args.model, "task": args.task, "batch_size": args.batch_size,
+              "environment": environment(device, amp_dtype), "tables": {}}
+    for length in dict.fromkeys((args.max_length, bucketed)):
+        accounts = memory.method_accounts(base.to(device), args.methods, args.batch_size, length, amp_dtype)
+        result["tables"][str(length)] = [a.record() for a in accounts]
+        what = "--max-length" if length == args.max_length else f"{args.task}'s median bucketed batch"
+        print(f"\n{args.model}, batch {args.batch_size}, length {length} ({what}), "
+              f"{result['environment']['dtype']}, activations as saved on {device.type}")
+        print(memory.table(accounts))
+    if "qlora" in args.methods:
+        print(memory.quantized_report(base))
+    out = Path(args.out or f"bench-memory-{device.type}.json")
+    write_json(out, result)
     print(f"wrote {out}")
     return result
 

@@ -64,3 +64,16 @@ def test_warm_up_runs_every_shape_that_is_timed():
     assert [tuple(b["input_ids"].shape) for b in warm] == [(32, 40), (32, 50), (16, 50), (32, 60)]
     assert warm[0] is first[0] and warm[1] is timed[1]  # the batches themselves, not copies
     assert bench.warm_up_batches([], []) == []
+
+
+def test_memory_tables_per_method_at_the_max_length_and_the_bucketed_length(tmp_path, glue_dir, capsys):
+    out = tmp_path / "memory.json"
+    result = bench.main(["--model", "minilm", "--memory", "--methods", "full", "bitfit", "qlora", "--max-length",
+                         "32", "--data-dir", str(glue_dir), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert "32" in result["tables"] and len(result["tables"]) in (1, 2)  # the bucketed median may equal 32
+    rows = {r["method"]: r for r in result["tables"]["32"]}
+    assert rows["full"]["frozen_weights"] == 0 and rows["full"]["gradients"] == rows["full"]["trainable_weights"]
+    assert rows["bitfit"]["activations"] < rows["full"]["activations"]  # frozen Linears keep no inputs
+    assert rows["qlora"]["frozen_weights"] < rows["bitfit"]["frozen_weights"]  # 4-bit query and value
+    assert "qlora: the quantized layers' weights take" in capsys.readouterr().out
