@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also measure transformers (+ peft for LoRA) for {', '.join(HF_REFERENCE)}")
     p.add_argument("--data-dir", default="", help="GLUE directory; '' = $GLUE_DIR, else ~/.cache/bertfit/glue_data")
     p.add_argument("--out", default="", help="JSON file of the results; '' = bench-<device>.json")
-    p.add_argument("--dropout-masks", default="auto", choices=("auto", "torch", "fast"),
-                   help="as train.py's: auto = fast on a CPU, torch on CUDA")
+    p.add_argument("--dropout-masks", nargs="+", default=["auto"], choices=("auto", "torch", "fast"),
+                   help="as train.py's (auto = fast on a CPU, torch on CUDA); several: each method is measured "
+                        "under each in turn, and the table gives fast against torch")
     p.add_argument("--memory", action="store_true", help="print each method's memory bill instead of timing it")
     p.add_argument("--breakdown", action="store_true",
                    help="also split each method's step into parts with the profiler (CPU)")
@@ -250,8 +251,8 @@ def main(argv=None):
     mean_len = float(np.mean([len(x) for x in task_data.train.input_ids]))
     if args.memory:
         return memory_tables(base, args, amp_dtype, ours_train, device)
-    masks, rows = dropout.resolve(args.dropout_masks, device), []
-    for method in args.methods:
+    rows = []
+    for method, masks in [(m, dropout.resolve(x, device)) for m in args.methods for x in args.dropout_masks]:
         cfg = adapters.MethodConfig(method=method)
         model, trainable = prepared(base, cfg, masks, amp_dtype)
         row = {"method": method, "stack": "bertfit", "dropout_masks": masks,
@@ -263,7 +264,8 @@ def main(argv=None):
         print(json.dumps(row))
         del model, trainable  # freed before the next model is measured: peak memory counts one model at a time
         gc.collect()  # (AdamW's first use leaves a reference cycle through measure's frame)
-        if args.compare_hf and method in HF_REFERENCE:  # no adapter, prompt, prefix, (IA)^3 or hybrid reference here
+        # no adapter, prompt, prefix, (IA)^3 or hybrid reference; measured once, with the first masks
+        if args.compare_hf and method in HF_REFERENCE and masks == dropout.resolve(args.dropout_masks[0], device):
             torch.manual_seed(0)
             ref = hf_model(model_fresh(base), cfg)
             ref_trainable = [(n, p) for n, p in ref.named_parameters() if p.requires_grad]
@@ -335,18 +337,33 @@ def ratios(rows):
                 out[f"{m}_memory_vs_full"] = r["peak_memory_bytes"] / ours["full"]["peak_memory_bytes"]
     for m in hf.keys() & ours.keys():
         out[f"{m}_tokens_per_second_vs_hf"] = ours[m]["train_tokens_per_second"] / hf[m]["train_tokens_per_second"]
+    return {**out, **mask_ratios(rows)}
+
+
+def mask_ratios(rows):
+    """Training throughput (real tokens/s, the mean over a method's repeated rows) of each method against
+    full fine-tuning's under the same dropout masks, and of fast masks against torch's per method."""
+    speed = {}
+    for r in rows:
+        if r["stack"] == "bertfit" and "dropout_masks" in r:
+            speed.setdefault((r["method"], r["dropout_masks"]), []).append(r["train_tokens_per_second"])
+    mean = {k: sum(v) / len(v) for k, v in speed.items()}
+    out = {f"{m}_throughput_vs_full[{x}]": v / mean["full", x] for (m, x), v in mean.items()
+           if m != "full" and ("full", x) in mean}
+    out.update({f"{m}_fast_vs_torch_throughput": v / mean[m, "torch"] for (m, x), v in mean.items()
+                if x == "fast" and (m, "torch") in mean})
     return out
 
 
 def print_table(result):
     env = result["environment"]
     print(f"\n{result['model']} on {env['device_name']}, {env['dtype']}, batch {result['batch_size']}")
-    print(f"{'method':14} {'stack':8} {'step ms':>8} {'train tok/s':>12} {'eval tok/s':>11} "
+    print(f"{'method':14} {'stack':8} {'masks':6} {'step ms':>8} {'train tok/s':>12} {'eval tok/s':>11} "
           f"{'peak MiB':>9} {'trainable':>11} {'optim MiB':>9} {'MFU':>6}")
     for r in result["rows"]:
         mem = f"{r['peak_memory_bytes'] / 2**20:9.0f}" if r["peak_memory_bytes"] else f"{'-':>9}"
         mfu_ = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else f"{'-':>6}"
-        print(f"{r['method']:14} {r['stack']:8} {1e3 * r['step_seconds_median']:8.1f} "
+        print(f"{r['method']:14} {r['stack']:8} {r.get('dropout_masks', '-'):6} {1e3 * r['step_seconds_median']:8.1f} "
               f"{r['train_tokens_per_second']:12.0f} {r['eval_tokens_per_second']:11.0f} {mem} "
               f"{r['trainable']:11,d} {r['optimizer_state_bytes'] / 2**20:9.1f} {mfu_}")
     for k, v in result["ratios"].items():

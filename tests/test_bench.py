@@ -55,6 +55,16 @@ def test_ratios_compare_a_method_measured_twice_by_its_first_row():
     assert r["full_step_vs_full"] == 1.0
 
 
+def test_mask_ratios_average_repeated_rows_and_compare_like_with_like():
+    row = lambda method, masks, tps: {"method": method, "stack": "bertfit", "dropout_masks": masks,  # noqa: E731
+                                      "train_tokens_per_second": tps}
+    r = bench.mask_ratios([row("full", "torch", 100), row("full", "fast", 110), row("bitfit", "fast", 160),
+                           row("full", "torch", 100), row("full", "fast", 130), row("bitfit", "fast", 200),
+                           {"method": "full", "stack": "hf", "train_tokens_per_second": 1}])
+    assert r == {"full_fast_vs_torch_throughput": pytest.approx(1.2), "bitfit_throughput_vs_full[fast]":
+                 pytest.approx(1.5)}
+
+
 def test_warm_up_runs_every_shape_that_is_timed():
     import torch
     batch = lambda n, t: {"input_ids": torch.zeros(n, t, dtype=torch.long)}  # noqa: E731
