@@ -75,8 +75,9 @@ def export(args) -> str:
         return (f"wrote {out}: the {meta['task']} {meta['method']} run {path}, merged into {base}'s weights; "
                 f"load it with BertForSequenceClassification.from_pretrained({str(out)!r})")
     except ValueError as e:  # the API's refusals name its argument; here it is a flag
+        only = "the run's best.safetensors is its only form (predict.py reads it)"
         raise ValueError(str(e).replace("replace=True", "--replace").replace("saving.export_merged", "--merged")
-                         .replace("use save_trainable", "the run's best.safetensors is its only form (predict.py reads it)")) from None
+                         .replace("use save_trainable", only)) from None
 
 
 def main(argv=None):

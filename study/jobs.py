@@ -2,8 +2,9 @@
 stopping them all cleanly on Ctrl-C or SIGTERM. What to run is study/sweep.py's job.
 
   jobs = Jobs(quiet=False)
-  codes = jobs.run_all(items, n, finished, threads)  # items: (label, run_dir, cmd, message printed at its
-  # start), n at a time, each with OMP_NUM_THREADS=threads; finished(label, exit code, seconds) after each
+  codes = jobs.run_all(items, n, finished, threads, skip)  # items: (label, run_dir, cmd, message printed at
+  # its start[, the command as train.log shows it]), n at a time, each with OMP_NUM_THREADS=threads;
+  # finished(label, exit code, seconds) after each; skip(label): a reason not to start it after all, or None
 
 Stopping. While run_all waits, SIGINT, SIGTERM and SIGHUP only set a flag: an exception raised by a
 signal handler lands wherever the main thread is, inside a lock or a thread start as well, and a
@@ -16,14 +17,37 @@ ignored SIGINT to them.
 """
 import concurrent.futures
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 KILL_AFTER_SECONDS = 60  # a train.py that has not written results.json by then is killed
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ROOT = Path(__file__).resolve().parents[1]  # the repository: train.log shows commands as typed from here
+PATH_FLAGS = ("--out", "--data-dir", "--model")  # train.py flags whose value can be a path of this machine
+
+
+def shown(cmd: list) -> str:
+    """A train.py command as a user would type it from the repository root, for train.log: `python
+    train.py ...`, each path flag's value relative to the repository (a --model that is not a local path,
+    "minilm" or a hub id, as given). The machine's interpreter and absolute paths mean nothing to a reader."""
+    args = [str(a) for a in cmd[2:]]
+    for i in range(len(args) - 1):
+        value = args[i + 1]
+        if args[i] in PATH_FLAGS and (args[i] != "--model" or os.path.isabs(value) or Path(value).exists()):
+            args[i + 1] = Path(os.path.relpath(Path(value).resolve(), ROOT)).as_posix()
+    return shlex.join(["python", "train.py", *args])
+
+
+def near(path: Path) -> str:
+    """A path relative to the working directory when it lies below it (train.py, for a sweep started in
+    the repository), else absolute."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def threads_per_job(n: int):
@@ -44,18 +68,23 @@ class Jobs:
         self.stopping = False  # set once stopping has begun: no new run starts
         self.signalled = threading.Event()  # set by a stop signal while run_all waits
 
-    def run_all(self, items: list, n: int, finished, threads: int = None) -> dict:
-        """Run every (label, run_dir, cmd, message), n at a time, calling finished(label, exit code,
-        seconds) as each ends; -> {label: exit code} of those that ran. threads: each train.py's
-        OMP_NUM_THREADS (None: the environment's; torch's default is every core). With n > 1 the output
-        goes to train.log only: two runs' output would interleave on the terminal."""
+    def run_all(self, items: list, n: int, finished, threads: int = None, skip=None) -> dict:
+        """Run every (label, run_dir, cmd, message[, shown]), n at a time, calling finished(label, exit
+        code, seconds) as each ends; -> {label: exit code} of those that ran. threads: each train.py's
+        OMP_NUM_THREADS (None: the environment's; torch's default is every core). skip(label), asked as a
+        run's turn comes: a reason to leave it (printed), or None. With n > 1 the output goes to
+        train.log only: two runs' output would interleave on the terminal."""
         quiet = self.quiet or n > 1
         codes = {}
 
-        def work(label, run_dir, cmd, message):
+        def work(label, run_dir, cmd, message, shown=None):
             try:
+                reason = skip(label) if skip is not None else None
+                if reason:
+                    print(f"{label}: {reason}", flush=True)
+                    return None
                 t0 = time.perf_counter()
-                code = self.run_one(run_dir, cmd, quiet, message, threads)
+                code = self.run_one(run_dir, cmd, quiet, message, threads, shown)
                 if code is not None:
                     finished(label, code, time.perf_counter() - t0)
                 return code
@@ -88,9 +117,10 @@ class Jobs:
             raise KeyboardInterrupt
         return codes
 
-    def run_one(self, run_dir, cmd: list, quiet: bool, message: str = "", threads: int = None):
+    def run_one(self, run_dir, cmd: list, quiet: bool, message: str = "", threads: int = None, shown: str = None):
         """Print `message`, start train.py, copy its output to train.log (and the terminal), return its
-        exit code; None when the sweep is stopping and it did not start."""
+        exit code; None when the sweep is stopping and it did not start. train.log begins with `shown`,
+        the command as a user would type it (default: cmd itself)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         with self.lock:  # stop() sees either no process or this one
             if self.stopping:
@@ -99,7 +129,7 @@ class Jobs:
                 print(message, flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             log = open(run_dir / "train.log", "ab")
-            log.write(f"\n$ {' '.join(cmd)}\n".encode())
+            log.write(f"\n$ {shown or shlex.join(map(str, cmd))}\n".encode())
             log.flush()
             # A session of its own: a terminal's Ctrl-C reaches the sweep only, which passes it on once.
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,

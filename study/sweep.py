@@ -41,7 +41,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from study.jobs import Jobs, threads_per_job
+from study.jobs import Jobs, near, shown, threads_per_job
 from study.presets import PRESETS, Preset, Run, beyond_edges, grid, shard, tuning_grid
 from study.runs import DONE, read_results
 from study.tuning import TUNED, choose_rates, keep_other_choices, read_tuned, reuse_tuning_run
@@ -176,19 +176,23 @@ def run_stage(stage: str, all_runs: list, args, common: dict, rates: dict = None
     print(f"sweep --grid {args.grid}, {stage} stage -> {args.out} ({where} configurations)", flush=True)
     start = time.perf_counter()
     todo, counts, others = plan(runs, args, common, rates)
+    elsewhere = counts["running elsewhere"]
     if others:
         print(f"warning: {len(others)} directories hold another run's results.json (listed above): not counted; "
               f"move them away to run those configurations", flush=True)
     if args.dry_run:
         print(f"dry run, {stage} stage ({where}): {counts['skipped']} done, {counts['to resume']} to resume, "
-              f"{counts['to run']} to run{f', {len(others)} holding another run' if others else ''}", flush=True)
+              f"{counts['to run']} to run{f', {len(others)} holding another run' if others else ''}"
+              f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}", flush=True)
         return 0
-    codes = execute(todo, args)
-    failed = [run.name for run, (tag, run_dir, _, _) in todo
-              if codes.get(tag) != 0 or (read_results(run_dir) or {}).get("status") not in DONE]
-    print(f"{stage} stage done in {time.perf_counter() - start:.0f}s ({where}): {len(todo) - len(failed)} ran, "
-          f"{counts['copied']} copied, {counts['skipped']} skipped, {len(failed + others)} failed"
-          f"{' (' + ', '.join(failed + others) + ')' if failed + others else ''}", flush=True)
+    codes, taken = execute(todo, args)
+    elsewhere += taken
+    failed = [run.name for run, (tag, run_dir, *_) in todo if tag not in taken and
+              (codes.get(tag) != 0 or (read_results(run_dir) or {}).get("status") not in DONE)]
+    print(f"{stage} stage done in {time.perf_counter() - start:.0f}s ({where}): "
+          f"{len(todo) - len(failed) - len(taken)} ran, {counts['copied']} copied, {counts['skipped']} skipped, "
+          f"{len(failed + others)} failed{' (' + ', '.join(failed + others) + ')' if failed + others else ''}"
+          f"{f', {len(elsewhere)} running elsewhere (left to them)' if elsewhere else ''}", flush=True)
     failed += others  # a directory holding another run's results.json: the configuration is not done
     return 1 if failed else 0
 
@@ -201,16 +205,24 @@ def flag_list(common: dict) -> list:
 def plan(runs: list, args, common: dict, rates: dict = None):
     """What each configuration needs, printed as it is decided: copied from the tuning stage, done
     (skipped), or to run or resume; a directory whose results.json is another run's (foreign) is none of
-    these: never counted as the cell, never resumed or overwritten. -> (todo: [(Run, (tag, directory,
-    command, start message))], counts, names of the configurations whose directory holds another run)."""
+    these: never counted as the cell, never resumed or overwritten; nor is a directory a live process
+    holds (rundir.holder: another sweep's train.py), left to it. -> (todo: [(Run, (tag, directory,
+    command, start message, the command as train.log shows it))], counts (counts["running elsewhere"]:
+    the tags of the held ones), names of the configurations whose directory holds another run)."""
+    import rundir
     p, out = args.preset, Path(args.out)
     common_flags = flag_list(common)
     flags = common_flags + args.extra  # every train.py flag but the cell's own and --out
-    counts = {"copied": 0, "skipped": 0, "to resume": 0, "to run": 0}
+    counts = {"copied": 0, "skipped": 0, "to resume": 0, "to run": 0, "running elsewhere": []}
     todo, others = [], []
     for k, run in enumerate(runs, 1):
         run_dir = run.directory(out)
         tag = f"[{k}/{len(runs)}] {run.name}"
+        holder = rundir.holder(run_dir)
+        if holder:  # two sweeps into one folder share the work: this cell is the other's
+            counts["running elsewhere"].append(tag)
+            print(f"{tag}: running elsewhere ({holder}): left to it", flush=True)
+            continue
         if rates and not (args.dry_run or args.rates) and \
                 reuse_tuning_run(run, rates, p, out, lambda r: foreign(r, run, flags)):
             counts["copied"] += 1
@@ -235,22 +247,35 @@ def plan(runs: list, args, common: dict, rates: dict = None):
             epochs = f", {len(results.get('epochs', []))} epochs saved" if results and status in RESUMABLE else ""
             print(f"{tag}: {kind} ({status}{epochs})", flush=True)
             continue
-        cmd = [sys.executable, str(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
+        cmd = [sys.executable, near(TRAIN), *run.train_args(), "--out", str(run_dir), *common_flags,
                *args.extra, *(["--resume"] if resume else [])]
         start_message = f"{tag}: {'resuming' if resume else 'running'} -> {run_dir / 'train.log'}"
-        todo.append((run, (tag, run_dir, cmd, start_message)))
+        todo.append((run, (tag, run_dir, cmd, start_message, shown(cmd))))
     return todo, counts, others
 
 
-def execute(todo: list, args) -> dict:
+def execute(todo: list, args) -> tuple:
     """Run the planned commands, --jobs at a time, then the time-budget runs one at a time with every
-    core: what they measure is how far the budget goes on the machine. -> {tag: exit code}."""
-    dirs = {tag: run_dir for _, (tag, run_dir, _, _) in todo}
+    core: what they measure is how far the budget goes on the machine. A cell that another process
+    (another sweep's train.py) took in the meantime is left to it: not started when its turn comes, or,
+    claimed at the same moment, refused by train.py. -> ({tag: exit code}, tags left to another process)."""
+    import rundir
+    dirs = {tag: run_dir for _, (tag, run_dir, *_) in todo}
+    taken = []
+
+    def elsewhere(tag):  # asked as a run's turn comes
+        holder = rundir.holder(dirs[tag])
+        if holder:
+            taken.append(tag)
+            return f"running elsewhere ({holder}): left to it"
+        return None
 
     def finished(tag, code, seconds):  # called from a worker thread as each run ends
         results = read_results(dirs[tag])
         status = results["status"] if results else "no results.json"
-        if code == 0 and status in DONE:
+        if code != 0 and (reason := elsewhere(tag)):  # train.py refused: another process claimed it first
+            print(f"{tag}: {reason} (claimed as this one started)", flush=True)
+        elif code == 0 and status in DONE:
             print(f"{tag}: {status} in {seconds:.0f}s", flush=True)
         elif status == "interrupted":  # stopped by the sweep's signal: not a failure
             print(f"{tag}: interrupted; it resumes on the next invocation", flush=True)
@@ -262,8 +287,8 @@ def execute(todo: list, args) -> dict:
         batch = [item for run, item in todo if bool(run.budget_minutes) == budget]
         n = 1 if budget else args.jobs
         if batch:
-            codes.update(jobs.run_all(batch, n, finished, threads_per_job(n)))
-    return codes
+            codes.update(jobs.run_all(batch, n, finished, threads_per_job(n), elsewhere))
+    return codes, taken
 
 
 def write_json_atomic(path: Path, obj: dict):

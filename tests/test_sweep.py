@@ -82,14 +82,16 @@ def test_hybrid_methods_take_their_canonical_name(capsys):
     assert presets.grid(args.preset)[0].name == "mrpc-bitfit+lora-f0.02-s0"
     with pytest.raises(SystemExit):
         sweep.parse_args(["--grid", "smoke", "--out", "x", "--methods", "full+lora"])
-    assert "unknown full+lora; allowed: full, bitfit, adapter, lora, head, prompt, prefix, ia3, or several" \
-        in capsys.readouterr().err
+    import adapters  # every method train.py knows (qlora, ... as they come), then the hybrids
+    assert f"unknown full+lora; allowed: {', '.join(adapters.METHODS)}, or several" in capsys.readouterr().err
 
 
 # --- skip, resume, failure, Ctrl-C with a stand-in for train.py -----------------------------------------
 
+HOLD = "import rundir, sys, time; from pathlib import Path; rundir.lock(Path(sys.argv[1])); print('held', flush=True); " \
+       "time.sleep(60)"  # a live process holding a directory's lock as train.py takes it
 FAKE_TRAIN = textwrap.dedent("""
-    import json, signal, sys, time
+    import json, signal, subprocess, sys, time
     from pathlib import Path
     def stop(*_):
         raise KeyboardInterrupt  # as train.py does with SIGTERM
@@ -103,6 +105,12 @@ FAKE_TRAIN = textwrap.dedent("""
         (out / "results.json").write_text(json.dumps({"status": status, "config": {"epochs": 1}}))
     if "cola" in a:
         sys.exit(3)  # a crash
+    if out.parent.name == "take":  # another sweep claims the lora cell: after bitfit, or as this train.py starts
+        other = subprocess.Popen([sys.executable, "-c", HOLD, str(out.parent / out.name.replace("bitfit", "lora"))],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        other.stdout.readline(), (out.parent / "holders.txt").open("a").write(f"{other.pid}\\n")
+        if "lora" in a:
+            sys.exit(1)  # train.py refused: in use by another run
     if out.parent.name == "sleep":
         try:
             write("running")
@@ -111,7 +119,7 @@ FAKE_TRAIN = textwrap.dedent("""
             write("interrupted")
             sys.exit(130)
     write("complete")
-""")
+""").replace("ROOT", repr(str(ROOT))).replace("HOLD", repr(HOLD))
 
 
 @pytest.fixture
@@ -317,6 +325,46 @@ def test_jobs_run_at_once_and_budget_runs_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COMPANION_WAIT", "1")
     assert sweep.main(flags[:3] + [str(tmp_path / "one")] + flags[4:] + ["--budget-minutes", "0"]) == 1
     assert "mrpc-bitfit-f0.1-s0: FAILED (exit code 4" in capsys.readouterr().out  # one at a time: no companion
+
+
+def test_a_cell_another_process_holds_is_left_to_it(tmp_path, fake_train, capsys):
+    """Issue 27: two sweeps into one folder share the work. A cell whose lock a live process holds is
+    neither run nor counted failed; once that process is gone, the cell runs."""
+    out = tmp_path / "r"
+    flags = ["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", "bitfit,lora", "--fracs", "0.1",
+             "--budget-minutes", "0", "--quiet", "--no-report"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / "mrpc-lora-f0.1-s0")], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert sweep.main(flags + ["--dry-run"]) == 0 and "1 to run, 1 running elsewhere" in capsys.readouterr().out
+        assert sweep.main(flags) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    text = capsys.readouterr().out
+    assert f"[2/2] mrpc-lora-f0.1-s0: running elsewhere (pid {holder.pid} on host " in text
+    assert "1 ran, 0 copied, 0 skipped, 0 failed, 1 running elsewhere (left to them)" in text
+    assert sweep.main(flags) == 0 and "1 ran, 0 copied, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert [c.split()[3] for c in calls(out)] == ["bitfit", "lora"]  # lora once its holder was gone
+    assert (out / "mrpc-bitfit-f0.1-s0" / "train.log").read_text().splitlines()[1] == (f"$ python train.py --task mrpc --method bitfit --frac 0.1 --seed 0 --epochs 1 --out "  # issue 28
+                      f"{os.path.relpath(out, ROOT)}/mrpc-bitfit-f0.1-s0 --model minilm --max-length 16")
+
+
+@pytest.mark.parametrize("methods", ["bitfit,lora", "lora"])
+def test_a_cell_claimed_while_the_sweep_runs_is_left_to_it(tmp_path, fake_train, capsys, methods):
+    """After bitfit, another process holds the lora cell when its turn comes: not started. lora alone: the
+    other claims it as this train.py starts, which train.py refuses (exit 1). Neither is a failure."""
+    out = tmp_path / "take"
+    try:
+        code = sweep.main(["--grid", "smoke", "--out", str(out), "--tasks", "mrpc", "--methods", methods,
+                           "--fracs", "0.1", "--budget-minutes", "0", "--quiet", "--no-report"])
+    finally:
+        for pid in (out / "holders.txt").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+    text = capsys.readouterr().out
+    assert code == 0 and "FAILED" not in text and "mrpc-lora-f0.1-s0: running elsewhere (pid " in text, text
+    assert [c.split()[3] for c in calls(out)] == methods.split(",")[:1]
 
 
 # --- end to end: the real train.py on the real data -----------------------------------------------------
