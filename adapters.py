@@ -1,5 +1,5 @@
-"""Efficient fine-tuning methods: which parameters train, the modules some methods add, and the proof
-that everything else stayed frozen.
+"""Efficient fine-tuning methods: which parameters train, the modules some methods add, and the
+proof that everything else stayed frozen.
 
   full    every parameter trains.
   bitfit  every bias term (the pooler's included) plus the task head (Ben Zaken et al., 2022,
@@ -16,21 +16,24 @@ that everything else stayed frozen.
           2022; ia3.py).
   qlora   LoRA on layers whose frozen weight is stored in 4-bit NormalFloat, plus the task head
           (Dettmers et al., 2023; qlora.py, nf4.py).
-Hybrids combine methods by name, `bitfit+lora`: the parts' modules are all inserted and the trainable
-set is the union of their rows of TRAINABLE (the "hybrid" family of Xu et al.'s PEFT survey, 2023,
-arXiv 2312.12148). The name is canonical with its parts sorted; `full` and `head` stand alone.
+Hybrids combine methods by name, `bitfit+lora`: the parts' modules are all inserted and the
+trainable set is the union of their rows of TRAINABLE (the "hybrid" family of Xu et al.'s PEFT
+survey, 2023, arXiv 2312.12148). The name is canonical with its parts sorted; `full` and `head`
+stand alone.
 
 The task head is the new `classifier` alone. BERT's pretrained pooler (`bert.pooler.dense`, [CLS]
-pooling only) is backbone, as each method's paper and reference code treat it: frozen for every method
-but `full`, and BitFit trains its bias as it trains every bias. (BitFit, sec. 3: the biases and the
-classifier; adapter-bert keeps the pooler frozen; PEFT's LoRA for sequence classification saves only the
-classifier.) `MethodConfig.train_pooler` adds the pooler's weight and bias to any method (POOLER).
+pooling only) is backbone, as each method's paper and reference code treat it: frozen for every
+method but `full`, and BitFit trains its bias as it trains every bias. (BitFit, sec. 3: the biases
+and the classifier; adapter-bert keeps the pooler frozen; PEFT's LoRA for sequence classification
+saves only the classifier.) `MethodConfig.train_pooler` adds the pooler's weight and bias to any
+method (POOLER).
 
-The whole trainable set of a method is one row of TRAINABLE (plus POOLER when asked): anchored regexes
-over parameter names. `apply_method` is the one function that sets requires_grad, on every parameter,
-and returns the (name, parameter) list that the optimizer, the audit (audit.py) and the trainable-only
-checkpoints (saving.py) are all built from. It raises when a pattern in force claims no parameter (a
-typo would otherwise train nothing silently) and when a parameter the method inserted stays frozen.
+The whole trainable set of a method is one row of TRAINABLE (plus POOLER when asked): anchored
+regexes over parameter names. `apply_method` is the one function that sets requires_grad, on every
+parameter, and returns the (name, parameter) list that the optimizer, the audit (audit.py) and the
+trainable-only checkpoints (saving.py) are all built from. It raises when a pattern in force claims
+no parameter (a typo would otherwise train nothing silently) and when a parameter the method
+inserted stays frozen.
 """
 import argparse
 import json
@@ -47,10 +50,12 @@ from prompts import PREFIX_PARAMS, PROMPT_PARAMS, add_prefix, add_prompt
 from qlora import NF4_PARAMS, add_qlora
 
 METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3", "qlora")
-SOLO = {"full": "it already trains every parameter", "head": "every method already trains the task head"}
-# placement -> slots (module paths inside bert.encoder.layer.N) that get an Adapter. houlsby: two per
-# layer (Houlsby et al., 2019, Fig. 2). pfeiffer: one per layer, in the FFN slot, the position Pfeiffer
-# et al. (2021, AdapterFusion) chose; their adapter's own LayerNorm/residual wiring is not reproduced.
+SOLO = {"full": "it already trains every parameter",
+        "head": "every method already trains the task head"}
+# placement -> slots (module paths inside bert.encoder.layer.N) that get an Adapter. houlsby: two
+# per layer (Houlsby et al., 2019, Fig. 2). pfeiffer: one per layer, in the FFN slot, the position
+# Pfeiffer et al. (2021, AdapterFusion) chose; their adapter's own LayerNorm/residual wiring is not
+# reproduced.
 ADAPTER_SLOTS = {"houlsby": ("attention.output", "output"), "pfeiffer": ("output",)}
 
 
@@ -70,7 +75,8 @@ def method_problem(method: str):
 
 
 def method_parts(method: str) -> tuple:
-    """"bitfit+lora" -> ("bitfit", "lora"), sorted; a single method -> (method,). Raises ValueError."""
+    """"bitfit+lora" -> ("bitfit", "lora"), sorted; a single method -> (method,). Raises
+    ValueError."""
     problem = method_problem(method)
     if problem:
         raise ValueError(f"method {method!r}: {problem}")
@@ -110,8 +116,9 @@ class MethodConfig:
       lora_r 8: Hu et al. (2021) sec. 7.2 find r = 1..8 enough; 8 as in their RoBERTa GLUE runs
           (Table 9).
       lora_alpha 16: the microsoft/LoRA examples/NLU scripts.
-      lora_dropout 0.0: the RoBERTa/DeBERTa GLUE code (microsoft/LoRA examples/NLU) builds lora.Linear
-          without lora_dropout (loralib's default 0.0); the paper's 0.1 is for GPT-2 on E2E (Table 11).
+      lora_dropout 0.0: the RoBERTa/DeBERTa GLUE code (microsoft/LoRA examples/NLU) builds
+          lora.Linear without lora_dropout (loralib's default 0.0); the paper's 0.1 is for GPT-2 on
+          E2E (Table 11).
       lora_targets query, value: W_q, W_v, the paper's GLUE setting (sec. 5.1; sec. 7.1 compares
           others).
       prompt_length 20: Lester et al. (2021) sec. 3.2 (Fig. 3a) find gains marginal beyond 20 tokens
@@ -125,27 +132,28 @@ class MethodConfig:
     """
     method: str = option("full", METHOD_HELP, WHAT, kind=method_flag)
     adapter_size: int = option(64, "m, the adapters' bottleneck width", METHOD)
-    adapter_placement: str = option("houlsby", "which adapter slots are filled (ADAPTER_SLOTS)", METHOD,
-                                    choices=tuple(ADAPTER_SLOTS))
+    adapter_placement: str = option("houlsby", "which adapter slots are filled (ADAPTER_SLOTS)",
+                                    METHOD, choices=tuple(ADAPTER_SLOTS))
     adapter_act: str = option("gelu", "the bottleneck's nonlinearity (model.ACTIVATIONS)", METHOD,
                               choices=tuple(ACTIVATIONS))
-    adapter_init_std: float = option(1e-3, "std of the adapters' truncated-normal (+-2 std) down/up "
-                                           "weights", METHOD)
+    adapter_init_std: float = option(1e-3, "std of the adapters' truncated-normal (+-2 std) "
+                                           "down/up weights", METHOD)
     lora_r: int = option(8, "LoRA's rank r", METHOD)
     lora_alpha: float = option(16.0, "LoRA's update is scaled by alpha / r", METHOD)
     lora_dropout: float = option(0.0, "dropout on the LoRA path's input", METHOD)
-    lora_targets: tuple = option(("query", "value"), f"the Linear layers LoRA adapts, a comma list of "
-                                 f"{', '.join(LORA_TARGETS)}", METHOD)
+    lora_targets: tuple = option(("query", "value"), f"the Linear layers LoRA adapts, a comma list "
+                                 f"of {', '.join(LORA_TARGETS)}", METHOD)
     prompt_length: int = option(20, "V, prompt tuning's virtual tokens", METHOD)
     prefix_length: int = option(20, "P, prefix tuning's positions per layer", METHOD)
     prefix_hidden: int = option(512, "width of prefix tuning's reparameterisation MLP", METHOD)
-    qlora_double_quant: bool = option(True, "QLoRA: also quantize the 4-bit blocks' scales (Dettmers et "
-                                            "al. sec. 3)", METHOD)
-    train_pooler: bool = option(False, "also train BERT's pretrained pooler ([CLS] pooling only; `full` "
-                                       "trains it anyway)", METHOD)
+    qlora_double_quant: bool = option(True, "QLoRA: also quantize the 4-bit blocks' scales "
+                                            "(Dettmers et al. sec. 3)", METHOD)
+    train_pooler: bool = option(False, "also train BERT's pretrained pooler ([CLS] pooling only; "
+                                       "`full` trains it anyway)", METHOD)
 
     def __post_init__(self):
-        self.method = canonical_method(self.method)  # "lora+bitfit" -> "bitfit+lora"; unknown names raise
+        # "lora+bitfit" -> "bitfit+lora"; unknown names raise
+        self.method = canonical_method(self.method)
 
     def problems(self) -> list:
         """Every bad option, one line each naming it and what it allows; [] if none. The one check
@@ -193,9 +201,10 @@ def lora_target_problems(method: str, targets) -> list:
     """What is wrong with --lora-targets: names, repeats, and layers (IA)^3 rescales when a hybrid
     has both (one nn.Linear can become LoRALinear or IA3Linear, not both); lora with qlora."""
     if isinstance(targets, str) or not targets or len(set(targets)) != len(targets):
-        return [f"lora_targets must be a non-empty tuple of distinct names from {list(LORA_TARGETS)}, "
-                f"got {targets!r}"]
-    unknown = [f"lora target {t!r}: allowed {list(LORA_TARGETS)}" for t in targets if t not in LORA_TARGETS]
+        return [f"lora_targets must be a non-empty tuple of distinct names from "
+                f"{list(LORA_TARGETS)}, got {targets!r}"]
+    unknown = [f"lora target {t!r}: allowed {list(LORA_TARGETS)}" for t in targets
+               if t not in LORA_TARGETS]
     parts = set(method.split("+"))
     if {"lora", "qlora"} <= parts:  # one nn.Linear becomes LoRALinear or QLoRALinear
         return [f"method {method!r}: lora and qlora adapt the same layers; choose one"]
@@ -215,12 +224,14 @@ ADAPTER_PARAMS = r"\.adapter\.(down|up)\.(weight|bias)$"
 
 
 class Adapter(nn.Module):
-    """Bottleneck adapter, x + up(act(down(x))): (B, T, H) -> (B, T, m) -> (B, T, H) (Houlsby et al.,
-    2019, sec. 2.1, Fig. 2). Near-identity at init (sec. 2.1): down/up weights are truncated-normal
-    with a small std and the biases zero, so the added term is tiny but every weight gets a gradient
-    on the first step (with up = 0, down's gradient would be exactly zero)."""
+    """Bottleneck adapter, x + up(act(down(x))): (B, T, H) -> (B, T, m) -> (B, T, H) (Houlsby et
+    al., 2019, sec. 2.1, Fig. 2). Near-identity at init (sec. 2.1): down/up weights are
+    truncated-normal with a small std and the biases zero, so the added term is tiny but every
+    weight gets a gradient on the first step (with up = 0, down's gradient would be exactly
+    zero)."""
 
-    def __init__(self, hidden_size: int, adapter_size: int, act: str = "gelu", init_std: float = 1e-3):
+    def __init__(self, hidden_size: int, adapter_size: int, act: str = "gelu",
+                 init_std: float = 1e-3):
         super().__init__()
         self.down = nn.Linear(hidden_size, adapter_size)  # H -> m
         self.act = ACTIVATIONS[act]
@@ -252,22 +263,26 @@ def add_adapters(model: nn.Module, cfg: MethodConfig) -> list:
 
 # ------------------------------------------------------------------------- the trainable sets
 HEAD = (r"^classifier\.",)  # the task head: the new classifier's weight and bias
-POOLER = (r"^bert\.pooler\.dense\.(weight|bias)$",)  # pretrained backbone; trains only with train_pooler (or full)
+# pretrained backbone; trains only with train_pooler (or full)
+POOLER = (r"^bert\.pooler\.dense\.(weight|bias)$",)
 TRAINABLE = {  # method -> anchored regexes over parameter names; a parameter trains iff one matches
     "full": (r"^.+$",),  # every parameter, the pooler's included
-    "bitfit": (r"\.bias$",) + HEAD,  # q/k/v/attn-out/FFN/LayerNorm/embedding-LN/pooler biases + head
+    # q/k/v/attn-out/FFN/LayerNorm/embedding-LN/pooler biases + head
+    "bitfit": (r"\.bias$",) + HEAD,
     "adapter": (ADAPTER_PARAMS, r"\.LayerNorm\.(weight|bias)$") + HEAD,
     "lora": (LORA_PARAMS,) + HEAD,
     "head": HEAD,
     "prompt": (PROMPT_PARAMS,) + HEAD,
     "prefix": (PREFIX_PARAMS,) + HEAD,
     "ia3": (IA3_PARAMS,) + HEAD,  # l_k, l_v, l_ff in every layer
-    "qlora": (LORA_PARAMS,) + HEAD,  # LoRA's A and B; the 4-bit weights (qlora.NF4_PARAMS) stay frozen
+    # LoRA's A and B; the 4-bit weights (qlora.NF4_PARAMS) stay frozen
+    "qlora": (LORA_PARAMS,) + HEAD,
 }
 
 
 def method_patterns(method: str, train_pooler: bool = False) -> list:
-    """[(part, pattern)] in force: each part's row of TRAINABLE, then ("pooler", POOLER) if asked."""
+    """[(part, pattern)] in force: each part's row of TRAINABLE, then ("pooler", POOLER) if
+    asked."""
     return [(part, p) for part in method_parts(method) for p in TRAINABLE[part]] + \
         [("pooler", p) for p in (POOLER if train_pooler else ())]
 
@@ -306,10 +321,10 @@ def trainable_params(model: nn.Module) -> list:
 
 
 def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
-    """Insert the method's modules (each part's, for a hybrid), set requires_grad True/False on every
-    parameter, and return the trainable [(name, parameter)]: the one list the optimizer is built from.
-    Raises, before any flag is set, if a pattern in force claims no parameter of the model, or if a
-    parameter the method inserted would stay frozen."""
+    """Insert the method's modules (each part's, for a hybrid), set requires_grad True/False on
+    every parameter, and return the trainable [(name, parameter)]: the one list the optimizer is
+    built from. Raises, before any flag is set, if a pattern in force claims no parameter of the
+    model, or if a parameter the method inserted would stay frozen."""
     cfg.validate()
     parts = method_parts(cfg.method)
     before = {n for n, _ in model.named_parameters()}
@@ -330,21 +345,25 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> list:
     # Every pattern in force must claim a parameter. No row holds a pattern that may rightly match
     # nothing: each part's patterns name what that part always has (its inserted modules, the
     # classifier, biases, LayerNorms), the pooler's pattern is in force only when train_pooler asks
-    # for it (so asking for it under mean pooling, which has no pooler, is an error), and in a hybrid
-    # each part's row is checked against the whole model, so claims shared with another part count.
+    # for it (so asking for it under mean pooling, which has no pooler, is an error), and in a
+    # hybrid each part's row is checked against the whole model, so claims shared with another part
+    # count.
     for part, pattern in patterns:
         if not any(re.search(pattern, n) for n, _ in params):
-            fix = "this model has no pooler (pooling 'mean'): drop train_pooler or use [CLS] pooling" \
-                if part == "pooler" and model.config.pooling != "cls" else "fix adapters.TRAINABLE or the options"
-            raise ValueError(f"method {cfg.method!r}: pattern r'{pattern}' of {part!r} claims no parameter "
-                             f"of this model; {fix}")
+            fix = "this model has no pooler (pooling 'mean'): drop train_pooler or use " \
+                "[CLS] pooling" if part == "pooler" and model.config.pooling != "cls" \
+                else "fix adapters.TRAINABLE or the options"
+            raise ValueError(f"method {cfg.method!r}: pattern r'{pattern}' of {part!r} claims no "
+                             f"parameter of this model; {fix}")
     trains = {n: any(re.search(p, n) for _, p in patterns) for n, _ in params}
-    # Independent of the patterns: what the method inserted exists only to be trained, but for QLoRA's
-    # 4-bit form of a pretrained weight, which replaces that weight, frozen as it was.
-    frozen_new = [n for n, _ in params if n not in before and not trains[n] and not re.search(NF4_PARAMS, n)]
+    # Independent of the patterns: what the method inserted exists only to be trained, but for
+    # QLoRA's 4-bit form of a pretrained weight, which replaces that weight, frozen as it was.
+    frozen_new = [n for n, _ in params
+                  if n not in before and not trains[n] and not re.search(NF4_PARAMS, n)]
     if frozen_new:
-        raise ValueError(f"method {cfg.method!r}: parameters it inserted match no pattern of its row and "
-                         f"would stay frozen: {frozen_new[:4]}{' ...' if len(frozen_new) > 4 else ''}")
+        raise ValueError(f"method {cfg.method!r}: parameters it inserted match no pattern of its "
+                         f"row and would stay frozen: "
+                         f"{frozen_new[:4]}{' ...' if len(frozen_new) > 4 else ''}")
     for name, p in params:
         p.requires_grad_(trains[name])
     return [(n, p) for n, p in params if trains[n]]

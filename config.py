@@ -2,7 +2,8 @@
 
 One declaration per option: a field of TrainConfig or of adapters.MethodConfig, declared with
 flags.option (its help, --help group, choices), is a flag (`lora_r` -> `--lora-r`); its range is one
-plain `if` in its class's problems(). A new option is one field and, if its values are limited, one if.
+plain `if` in its class's problems(). A new option is one field and, if its values are limited, one
+if.
 """
 import argparse
 import re
@@ -18,7 +19,8 @@ from precision import AMP_CHOICES
 
 DEFAULT_LR = {"full": 2e-5, "bitfit": 1e-3, "adapter": 5e-4, "lora": 5e-4, "head": 1e-3,
               "prompt": 3e-3, "prefix": 5e-4, "ia3": 3e-3, "qlora": 5e-4}
-MODEL_LR = {"minilm": {"full": 1e-4}}  # where one rate cannot serve both models (default_lr says why)
+# where one rate cannot serve both models (default_lr says why)
+MODEL_LR = {"minilm": {"full": 1e-4}}
 
 
 def default_lr(method: str, model: str = "") -> float:
@@ -32,10 +34,10 @@ def default_lr(method: str, model: str = "") -> float:
       adapter 5e-4: Houlsby et al. (2019) sec. 3.1 searched 3e-5..3e-3.
       lora 5e-4: Hu et al. (2021) Table 9, RoBERTa-base GLUE 4e-4..5e-4.
       head 1e-3: a linear probe.
-      prompt 3e-3: Lester et al. (2021) sec. 3 use 0.3 with Adafactor on T5, whose embeddings are far
-          larger; under AdamW a step moves each element by about lr, and BERT's word embeddings have
-          element std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own scale
-          in ~20 steps.
+      prompt 3e-3: Lester et al. (2021) sec. 3 use 0.3 with Adafactor on T5, whose embeddings are
+          far larger; under AdamW a step moves each element by about lr, and BERT's word embeddings
+          have element std ~0.06 (MiniLM, ids 1996..6995), so 3e-3 moves a prompt vector by its own
+          scale in ~20 steps.
       prefix 5e-4: as for adapters: the reparameterisation MLP is a small network trained from
           scratch, like an adapter (Li & Liang tune GPT-2/BART with smaller rates and tiny batches).
       ia3 3e-3: the T-Few recipe's rate (Liu et al. 2022), which trains only the l vectors.
@@ -50,45 +52,56 @@ def default_lr(method: str, model: str = "") -> float:
 
 @dataclass
 class TrainConfig:
-    """One training run's settings; with the method's (`options`, adapters.MethodConfig), every flag of
-    train.py. Each field is its flag (flags.option); `problems()` checks the values."""
+    """One training run's settings; with the method's (`options`, adapters.MethodConfig), every flag
+    of train.py. Each field is its flag (flags.option); `problems()` checks the values."""
     task: str = option("mrpc", "GLUE task", WHAT, choices=sorted(glue.TASKS))
     model: str = option(DEFAULT_MODEL, 'local directory, "minilm", or Hugging Face hub id', WHAT)
-    pooling: str = option("", "cls or mean; default: what the checkpoint declares", WHAT, choices=("cls", "mean"))
-    frac: float = option(1.0, "fraction of the training pool, in (0, 1]; nested across fractions", WHAT)
+    pooling: str = option("", "cls or mean; default: what the checkpoint declares", WHAT,
+                          choices=("cls", "mean"))
+    frac: float = option(1.0, "fraction of the training pool, in (0, 1]; nested across fractions",
+                         WHAT)
     seed: int = option(0, "data fraction, shuffling, init of new weights, dropout", WHAT)
     lr: float = option(0.0, "peak learning rate; 0 = the method's default (default_lr)", HOW)
-    epochs: int = option(15, "the paper's protocol trains 15-20 epochs and watches for overfitting", HOW)
-    time_budget: float = option(0.0, "minutes of training time (evaluation excluded); 0 = no budget", HOW)
+    epochs: int = option(15, "the paper's protocol trains 15-20 epochs and watches for overfitting",
+                         HOW)
+    time_budget: float = option(0.0, "minutes of training time (evaluation excluded); 0 = no "
+                                     "budget", HOW)
     batch_size: int = option(32, "training examples per step", HOW)
-    max_length: int = option(128, "tokens per example after longest-first truncation, [CLS] and [SEP]s "
-                                  "included", HOW)
-    weight_decay: float = option(0.01, "AdamW decoupled decay, not applied to biases and LayerNorm", HOW)
-    warmup: float = option(0.06, "fraction of planned steps (or of --time-budget) for linear warm-up "
-                                 "(RoBERTa/LoRA recipe)", HOW)
+    max_length: int = option(128, "tokens per example after longest-first truncation, [CLS] and "
+                                  "[SEP]s included", HOW)
+    weight_decay: float = option(0.01, "AdamW decoupled decay, not applied to biases and LayerNorm",
+                                 HOW)
+    warmup: float = option(0.06, "fraction of planned steps (or of --time-budget) for linear "
+                                 "warm-up (RoBERTa/LoRA recipe)", HOW)
     grad_clip: float = option(1.0, "max global gradient norm", HOW)
     amp: str = option("auto", "autocast precision; auto = bf16 where the hardware has it", HOW,
                       choices=AMP_CHOICES)
     device: str = option("auto", "auto, cpu, cuda, cuda:N", HOW)
-    dropout_masks: str = option("auto", "how dropout draws its masks: fast (several decisions per random "
-                                        "integer, CPU), torch (torch's own, every run before this option); "
-                                        "auto: fast on a CPU, torch on CUDA, or what a resumed run recorded",
+    dropout_masks: str = option("auto", "how dropout draws its masks: fast (several decisions per "
+                                        "random integer, CPU), torch (torch's own, every run "
+                                        "before this option); auto: fast on a CPU, torch on CUDA, "
+                                        "or what a resumed run recorded",
                                 HOW, choices=("auto", "torch", "fast"))
     compile: bool = option(False, "torch.compile the model", HOW)
-    eval_batch_size: int = option(128, "evaluation runs in inference mode, so it affords larger batches",
-                                  CONTROL)
-    eval_every: int = option(0, "also evaluate every K training steps; 0 = only at epoch ends", CONTROL)
-    data_dir: str = option("", "GLUE directory; default: $GLUE_DIR, else ~/.cache/bertfit/glue_data (the "
-                               "only one downloaded into)", CONTROL)
+    eval_batch_size: int = option(128, "evaluation runs in inference mode, so it affords larger "
+                                       "batches", CONTROL)
+    eval_every: int = option(0, "also evaluate every K training steps; 0 = only at epoch ends",
+                             CONTROL)
+    data_dir: str = option("", "GLUE directory; default: $GLUE_DIR, else "
+                               "~/.cache/bertfit/glue_data (the only one downloaded into)", CONTROL)
     out: str = option("", "run directory; default: runs/{task}-{method}-f{frac}-s{seed}", CONTROL)
-    resume: bool = option(False, "continue the run in --out from its resume.pt (refused if resume.pt is "
-                                 "another run's)", CONTROL)
-    overwrite: bool = option(False, "delete another run's files in --out first (rundir.RUN_FILES)", CONTROL)
-    tensorboard: bool = option(False, "also write the training curve and evaluations for TensorBoard in "
-                                      "--out/tensorboard (needs: pip install tensorboard)", CONTROL)
+    resume: bool = option(False, "continue the run in --out from its resume.pt (refused if "
+                                 "resume.pt is another run's)", CONTROL)
+    overwrite: bool = option(False, "delete another run's files in --out first (rundir.RUN_FILES)",
+                             CONTROL)
+    tensorboard: bool = option(False, "also write the training curve and evaluations for "
+                                      "TensorBoard in --out/tensorboard (needs: pip install "
+                                      "tensorboard)", CONTROL)
     audit: bool = option(False, "print the trainable-parameter table and exit", CONTROL)
-    debug: bool = option(False, 'show the traceback of an error instead of one "error:" line', CONTROL)
-    options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)  # the method, its options
+    debug: bool = option(False, 'show the traceback of an error instead of one "error:" line',
+                         CONTROL)
+    # the method, its options
+    options: adapters.MethodConfig = field(default_factory=adapters.MethodConfig)
 
     @property
     def method(self) -> str:
@@ -123,11 +136,13 @@ class TrainConfig:
         if self.eval_batch_size < 1:
             p.append(bad("--eval-batch-size", ">= 1", self.eval_batch_size))
         if not MIN_MAX_LENGTH <= self.max_length <= 512:
-            p.append(bad("--max-length", f"in {MIN_MAX_LENGTH}..512 (below {MIN_MAX_LENGTH} a sentence pair "
-                                         "keeps almost no real tokens)", self.max_length))
+            p.append(bad("--max-length", f"in {MIN_MAX_LENGTH}..512 (below {MIN_MAX_LENGTH} a "
+                                         "sentence pair keeps almost no real tokens)",
+                         self.max_length))
         if not (finite(self.weight_decay) and self.weight_decay >= 0):
             p.append(bad("--weight-decay", "finite and >= 0", self.weight_decay))
-        if not (finite(self.warmup) and 0 <= self.warmup < 1):  # 1 leaves no decay phase: lr_factor / 0
+        # 1 leaves no decay phase: lr_factor / 0
+        if not (finite(self.warmup) and 0 <= self.warmup < 1):
             p.append(bad("--warmup", "in [0, 1)", self.warmup))
         if not (finite(self.grad_clip) and self.grad_clip > 0):
             p.append(bad("--grad-clip", "finite and > 0 (0 would zero every gradient, < 0 flip it)",
@@ -136,44 +151,49 @@ class TrainConfig:
             p.append(bad("--device", "auto, cpu, cuda or cuda:N", self.device))
         if self.eval_every < 0:
             p.append(bad("--eval-every", ">= 0 (0 = only at epoch ends)", self.eval_every))
-        for f in fields(self):  # the flags' choices, for a TrainConfig made without the command line
+        # the flags' choices, for a TrainConfig made without the command line
+        for f in fields(self):
             allowed, value = f.metadata.get("choices"), getattr(self, f.name)
             if allowed and value not in (*allowed, f.default):
-                p.append(bad("--" + f.name.replace("_", "-"), f"one of {', '.join(allowed)}", value))
+                p.append(bad("--" + f.name.replace("_", "-"), f"one of {', '.join(allowed)}",
+                             value))
         if self.resume and self.overwrite:
-            p.append("--resume and --overwrite contradict each other: continue the run, or delete it")
+            p.append("--resume and --overwrite contradict each other: continue the run, or "
+                     "delete it")
         return p + (self.options.problems() if not p else [])
 
 
 # The fields that do not define a run: where things are, how evaluation is batched and how often,
-# compile, and the switches. They change neither the data, the updates nor the scores, so a run may be
-# resumed with other values; every other field of record() is compared (rundir.run_fields).
-NOT_RUN_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile", "tensorboard",
-                  "audit", "resume", "overwrite", "debug")
+# compile, and the switches. They change neither the data, the updates nor the scores, so a run may
+# be resumed with other values; every other field of record() is compared (rundir.run_fields).
+NOT_RUN_FIELDS = ("data_dir", "out", "device", "eval_batch_size", "eval_every", "compile",
+                  "tensorboard", "audit", "resume", "overwrite", "debug")
 
 
 def value_problems(name: str, value, flag: str = "") -> list:
     """TrainConfig's problems() with one field set to `value`, named by the caller's `flag` where it
-    has its own (--seeds for --seed): how study/sweep.py, study/bench.py and predict.py apply train.py's
-    checks to the values they share with it."""
+    has its own (--seeds for --seed): how study/sweep.py, study/bench.py and predict.py apply
+    train.py's checks to the values they share with it."""
     lines = TrainConfig(**{name: value}).problems()
     return [flag + line[line.index(" "):] if flag else line for line in lines]
 
 
 def check_positions(cfg: TrainConfig, max_positions: int):
     """Raise ValueError unless the longest sequence fits the model's position table: --max-length,
-    plus the virtual tokens of prompt tuning (prefixes take no positions). Needs the model's config."""
+    plus the virtual tokens of prompt tuning (prefixes take no positions). Needs the model's
+    config."""
     prompt = cfg.options.prompt_length if "prompt" in adapters.method_parts(cfg.method) else 0
     if cfg.max_length + prompt > max_positions:
         what = f"--max-length {cfg.max_length}" + (f" + --prompt-length {prompt}" if prompt else "")
-        raise ValueError(f"{what} > the {max_positions} positions of --model {cfg.model}: "
-                         f"shorten {'--max-length or --prompt-length' if prompt else '--max-length'}")
+        raise ValueError(f"{what} > the {max_positions} positions of --model {cfg.model}: shorten "
+                         f"{'--max-length or --prompt-length' if prompt else '--max-length'}")
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """train.py's command line: a flag per field of TrainConfig and of adapters.MethodConfig, in
     --help's groups; --lr's default is shown as the rate the given --method and --model will use."""
-    p = Parser(prog="train.py", usage="%(prog)s [--task T] [--method M] [--model M] [--frac F] [...]",
+    p = Parser(prog="train.py",
+               usage="%(prog)s [--task T] [--method M] [--model M] [--frac F] [...]",
                description="Fine-tune BERT on one GLUE task with one method. Every flag:")
     given = Parser(add_help=False)  # what --help needs to show --lr's real default
     given.add_argument("--method", type=adapters.method_flag, default="full")
@@ -206,9 +226,9 @@ ANTICIPATED = (OSError, ValueError, RuntimeError, FloatingPointError)  # failure
 
 
 def run_cli(main, argv=None):
-    """Call main(argv); an anticipated failure (a missing or corrupt file, a model not found offline,
-    a refused directory, a diverged run) prints one line `error: ...` and exits 1, without a traceback
-    unless --debug is given. Other exceptions are bugs and keep their traceback."""
+    """Call main(argv); an anticipated failure (a missing or corrupt file, a model not found
+    offline, a refused directory, a diverged run) prints one line `error: ...` and exits 1, without
+    a traceback unless --debug is given. Other exceptions are bugs and keep their traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return main(argv)

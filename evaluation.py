@@ -1,5 +1,6 @@
-"""Scoring a model on a labelled split (train.py evaluates on validation and test after every epoch):
-metrics and mean loss in inference mode, under the run's autocast, every example seen once."""
+"""Scoring a model on a labelled split (train.py evaluates on validation and test after every
+epoch): metrics and mean loss in inference mode, under the run's autocast, every example seen
+once."""
 import torch
 import torch.nn.functional as F
 
@@ -17,13 +18,15 @@ def loss_fn(logits, labels, regression: bool):
     return F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
 
 
-def evaluate(model, task, split, batch_size: int, device, amp_dtype, show=lambda batches: batches) -> tuple:
+def evaluate(model, task, split, batch_size: int, device, amp_dtype,
+             show=lambda batches: batches) -> tuple:
     """(metrics and mean loss, predictions in the split's order) over a labelled split, in inference
     mode, batches sorted by length, every example once over all ranks. Predictions are class ids, or
     scores for regression. `show` wraps the batches (a progress bar)."""
     model.eval()
     preds, labels, index, losses = [], [], [], []
-    eval_batches = data.batches(split, batch_size, shuffle=False, rank=dist.rank(), world_size=dist.world_size())
+    eval_batches = data.batches(split, batch_size, shuffle=False, rank=dist.rank(),
+                                world_size=dist.world_size())
     with torch.inference_mode(), autocast(device, amp_dtype):
         for batch in show(eval_batches):
             b = to_device(batch, device)
@@ -35,5 +38,7 @@ def evaluate(model, task, split, batch_size: int, device, amp_dtype, show=lambda
     model.train()
     preds, labels, index = dist.gather_cat([torch.cat(preds), torch.cat(labels), torch.cat(index)])
     loss = dist.all_sum(torch.stack(losses).sum()).item() / len(index)
-    assert sorted(index.tolist()) == list(range(len(split))), "evaluation must see every example once"
-    return {"loss": loss, **task.compute_metrics(preds.numpy(), labels.numpy())}, preds[torch.argsort(index)].numpy()
+    assert sorted(index.tolist()) == list(range(len(split))), \
+        "evaluation must see every example once"
+    return {"loss": loss, **task.compute_metrics(preds.numpy(), labels.numpy())}, \
+        preds[torch.argsort(index)].numpy()

@@ -17,7 +17,8 @@ def option(default, help: str, group: str, choices=None, kind=None):
     """A dataclass field that is also a flag: its --help text, its --help group (GROUPS), the values
     argparse allows (`choices`) and the function that parses its text (`kind`; default: the field's
     type; a tuple takes a comma list)."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "kind": kind})
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices,
+                                            "kind": kind})
 
 
 def bad(flag: str, allowed: str, value) -> str:
@@ -49,7 +50,8 @@ def suggestion(unknown: list, actions: dict) -> str:
     for token in unknown:
         name = token.split("=")[0].lower().replace("_", "-")
         words = " ".join(name.strip("-").split("-"))
-        close = ([name] if name in flags else difflib.get_close_matches(name, flags, n=1, cutoff=0.75)) or \
+        close = ([name] if name in flags
+                 else difflib.get_close_matches(name, flags, n=1, cutoff=0.75)) or \
             [f for f in flags if len(words) > 3 and words in (actions[f].help or "").lower()][:1]
         if close:
             return f"; did you mean {close[0]}?"
@@ -65,10 +67,12 @@ def add_flags(groups: dict, cls, skip=(), shown=None):
             continue
         meta = f.metadata
         if "help" not in meta:
-            raise TypeError(f"{cls.__name__}.{f.name} must be declared with flags.option(): it is a flag")
+            raise TypeError(f"{cls.__name__}.{f.name} must be declared with flags.option(): it is "
+                            "a flag")
         flag, group = "--" + f.name.replace("_", "-"), groups[meta["group"]]
         if f.type is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=meta["help"])
             continue
         default = (shown or {}).get(f.name, ",".join(f.default) if f.type is tuple else f.default)
         suffix = f" (default: {default})" if default != "" else ""

@@ -9,8 +9,10 @@ def build_optimizer(trainable, cfg, device):
     """AdamW over exactly the audited list; no decay on biases and LayerNorm (BERT's recipe)."""
     decay = [p for n, p in trainable if p.ndim >= 2]
     no_decay = [p for n, p in trainable if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def lr_factor(step: int, total_steps: int, warmup: float, budget_progress=None) -> float:

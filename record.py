@@ -1,9 +1,10 @@
-"""results.json: what one run records about itself, field by field, and the few steps that fill it in.
+"""results.json: what one run records about itself, field by field, and the few steps that fill it
+in.
 
-train.py starts a Results (Results.start), adds each evaluation and each epoch, keeps the best epoch,
-and saves it atomically after every evaluation, so an interrupted run leaves a valid file; the study
-tools (study/) read it back. Fields are only ever added, never renamed: the committed studies under
-results/ stay readable.
+train.py starts a Results (Results.start), adds each evaluation and each epoch, keeps the best
+epoch, and saves it atomically after every evaluation, so an interrupted run leaves a valid file;
+the study tools (study/) read it back. Fields are only ever added, never renamed: the committed
+studies under results/ stay readable.
 """
 from dataclasses import asdict, dataclass, field, fields
 
@@ -28,8 +29,10 @@ class Results:
     environment: dict  # runinfo.environment: torch, device, dtype, threads
     config: dict  # every flag's value (config.TrainConfig.record)
     freeze_audit: object = "not run"  # "passed", or audit.verify_frozen's verdict naming what moved
-    epochs: list = field(default_factory=list)  # one record per epoch: speed, steps, scores (add_epoch)
-    evals: list = field(default_factory=list)  # one line per evaluation, also in evals.jsonl (add_eval)
+    # one record per epoch: speed, steps, scores (add_epoch)
+    epochs: list = field(default_factory=list)
+    # one line per evaluation, also in evals.jsonl (add_eval)
+    evals: list = field(default_factory=list)
     best: dict = None  # the best validation epoch: scores and test predictions (keep_if_best)
     time: dict = field(default_factory=lambda: {"train_seconds": 0.0, "eval_seconds": 0.0,
                                                 "peak_memory_bytes": 0})
@@ -39,28 +42,32 @@ class Results:
     memory: dict = None  # one training step's memory bill, line by line (memory.account)
 
     @classmethod
-    def start(cls, cfg, task, task_data, pooling: str, report, env: dict, memory: dict = None) -> "Results":
-        """The record at the start of a run: what it is, what trains (report: audit.Audit), the data,
-        the baseline to beat."""
-        return cls(cfg.task, cfg.method, cfg.frac, cfg.seed, portable(cfg.model), pooling, "running",
+    def start(cls, cfg, task, task_data, pooling: str, report, env: dict,
+              memory: dict = None) -> "Results":
+        """The record at the start of a run: what it is, what trains (report: audit.Audit), the
+        data, the baseline to beat."""
+        return cls(cfg.task, cfg.method, cfg.frac, cfg.seed, portable(cfg.model), pooling,
+                   "running",
                    {"total": report.total, "trainable": report.trainable,
                     "by_group": {g: {"trainable": t, "total": n} for g, t, n in report.rows}},
                    {"train_examples": len(task_data.train), "val_examples": len(task_data.val),
                     "test_examples": len(task_data.test)},
                    baseline_scores(task, task_data),
-                   prediction_list(task_data.test.labels, task.is_regression), env, portable_record(cfg.record()),
-                   memory=memory)
+                   prediction_list(task_data.test.labels, task.is_regression), env,
+                   portable_record(cfg.record()), memory=memory)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Results":
-        """Read back what to_dict wrote (a resume state's copy); fields added since are left at their
-        defaults."""
+        """Read back what to_dict wrote (a resume state's copy); fields added since are left at
+        their defaults."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def to_dict(self) -> dict:
-        """results.json's content: every field, the two that appear only once set left out until then."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("checkpoint_bytes", "failure", "memory")}
+        """results.json's content: every field, the two that appear only once set left out until
+        then."""
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("checkpoint_bytes", "failure", "memory")}
 
     def save(self, path, status: str):
         self.status = status
@@ -71,11 +78,12 @@ class Results:
         self.time["eval_seconds"] += seconds
 
     def add_epoch(self, epoch: int, stats: dict, line: dict, completed: bool):
-        """An epoch's record from train.train_epoch's stats (tokens and examples summed over ranks) and
-        its evaluation line; `completed` is False for an epoch a time budget cut short."""
+        """An epoch's record from train.train_epoch's stats (tokens and examples summed over ranks)
+        and its evaluation line; `completed` is False for an epoch a time budget cut short."""
         seconds, times = stats["seconds"], stats["step_times"]
         self.epochs.append({
-            "epoch": epoch, "steps": stats["steps"], "train_loss": stats["loss"] / max(stats["steps"], 1),
+            "epoch": epoch, "steps": stats["steps"],
+            "train_loss": stats["loss"] / max(stats["steps"], 1),
             "train_seconds": seconds, "examples_per_second": stats["examples"] / max(seconds, 1e-9),
             "tokens_per_second": stats["tokens"] / max(seconds, 1e-9),
             "step_seconds": {"median": float(np.median(times)) if times else None,
@@ -85,8 +93,10 @@ class Results:
             "completed": completed, "nonfinite_steps": stats["nonfinite"]})
         self.data["padding_fraction"] = stats["padding_fraction"]
 
-    def keep_if_best(self, epoch: int, line: dict, headline: str, test_predictions, regression: bool) -> bool:
-        """Make this epoch `best` if its validation score beats every earlier one; -> whether it did."""
+    def keep_if_best(self, epoch: int, line: dict, headline: str, test_predictions,
+                     regression: bool) -> bool:
+        """Make this epoch `best` if its validation score beats every earlier one; -> whether it
+        did."""
         if self.best is not None and line["val"][headline] <= self.best["val"][headline]:
             return False
         self.best = {"epoch": epoch, "metric": headline, "val": line["val"], "test": line["test"],
@@ -94,10 +104,11 @@ class Results:
         return True
 
     def vs_baseline(self, line: dict, metric: str) -> str:
-        """'val f1 0.8400 (majority 0.8122) | test f1 0.8307 (majority 0.8122)': a score always beside
-        the floor it must beat."""
+        """'val f1 0.8400 (majority 0.8122) | test f1 0.8307 (majority 0.8122)': a score always
+        beside the floor it must beat."""
         b = self.baseline
-        return " | ".join(f"{split} {metric} {line[split][metric]:.4f} ({b['name']} {b[split][metric]:.4f})"
+        return " | ".join(f"{split} {metric} {line[split][metric]:.4f} "
+                          f"({b['name']} {b[split][metric]:.4f})"
                           for split in ("val", "test"))
 
 

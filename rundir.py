@@ -1,16 +1,16 @@
-"""A run directory (--out) belongs to one run and one process: claim it before the model loads (a lock,
-then the files), check that a resumed state is the same run, and record a failure in results.json
-instead of leaving it "running".
+"""A run directory (--out) belongs to one run and one process: claim it before the model loads (a
+lock, then the files), check that a resumed state is the same run, and record a failure in
+results.json instead of leaving it "running".
 
-The lock is `--out/.lock`, created atomically and holding the owner's pid and host; train.py releases
-it on every exit. A second process that claims the directory is refused, naming the holder; the lock
-of a process that no longer exists (killed with SIGKILL, a crashed machine) is taken over with a note.
-study/sweep.py reads the same lock to leave a cell that another sweep is running to it.
+The lock is `--out/.lock`, created atomically and holding the owner's pid and host; train.py
+releases it on every exit. A second process that claims the directory is refused, naming the holder;
+the lock of a process that no longer exists (killed with SIGKILL, a crashed machine) is taken over
+with a note. study/sweep.py reads the same lock to leave a cell that another sweep is running to it.
 
 What a run leaves in --out is RUN_FILES. Reusing a directory that holds another run's files is
 refused unless --resume continues that run (its configuration must match, run_fields) or --overwrite
-deletes the files first; study/sweep.py's train.log is not a run file (the sweep appends to it before
-train.py starts).
+deletes the files first; study/sweep.py's train.log is not a run file (the sweep appends to it
+before train.py starts).
 """
 import errno
 import json
@@ -24,13 +24,16 @@ from config import NOT_RUN_FIELDS
 from record import portable_record
 
 LOCK = ".lock"
-RESERVE = ".reserve"  # disk space held back for the last results.json when the disk fills (spare_space)
+# disk space held back for the last results.json when the disk fills (spare_space)
+RESERVE = ".reserve"
 RESERVE_BYTES = 4 << 20  # a results.json is at most a few hundred KiB (test predictions included)
 RUN_FILES = ("results.json", "evals.jsonl", "best.safetensors", "resume.pt", "audit.txt",
              "results.json.tmp", "resume.pt.tmp", RESERVE)
-KEPT = ("results.json", "best.safetensors", "resume.pt")  # what a run has to show once it finished an epoch
-# (or was interrupted): a directory with only audit.txt / evals.jsonl holds nothing worth protecting
-WHAT_TO_DO = "pass --resume to continue it, choose another --out, or pass --overwrite to delete its files first"
+# what a run has to show once it finished an epoch (or was interrupted): a directory with only
+# audit.txt / evals.jsonl holds nothing worth protecting
+KEPT = ("results.json", "best.safetensors", "resume.pt")
+WHAT_TO_DO = "pass --resume to continue it, choose another --out, or pass --overwrite to delete " \
+    "its files first"
 
 
 class RunDirError(ValueError):
@@ -71,23 +74,26 @@ def alive(pid: int) -> bool:
 
 
 def lock(out: Path):
-    """Take `out`'s lock for this process, or raise Locked naming the holder. A stale lock (its process
-    is gone) is replaced, with a note."""
+    """Take `out`'s lock for this process, or raise Locked naming the holder. A stale lock (its
+    process is gone) is replaced, with a note."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"--out {out} is not writable ({type(e).__name__}: {e.strerror or e})") from None
+        raise RunDirError(f"--out {out} is not writable "
+                          f"({type(e).__name__}: {e.strerror or e})") from None
     path = out / LOCK
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if path.read_text().strip() == this_process():  # already ours (a second claim in one process)
+            # already ours (a second claim in one process)
+            if path.read_text().strip() == this_process():
                 return
             owner = holder(out)
             if owner is not None:
-                raise Locked(f"--out {out} is in use by another run ({owner}, {path}): wait for it, or "
-                             f"choose another --out; delete {path} only if that process is gone") from None
+                raise Locked(f"--out {out} is in use by another run ({owner}, {path}): wait for "
+                             f"it, or choose another --out; delete {path} only if that process "
+                             f"is gone") from None
             print(f"note: {path} was left by a process that no longer exists; taking it over")
             path.unlink(missing_ok=True)
             continue
@@ -98,7 +104,8 @@ def lock(out: Path):
 
 
 def release(out: Path):
-    """Give back the disk space set aside (spare_space) and drop `out`'s lock if this process holds it."""
+    """Give back the disk space set aside (spare_space) and drop `out`'s lock if this process holds
+    it."""
     path = Path(out) / LOCK
     (Path(out) / RESERVE).unlink(missing_ok=True)
     try:
@@ -120,16 +127,18 @@ def describe(results: dict) -> str:
 
 
 def run_fields(record: dict) -> dict:
-    """The entries of a config record (cfg.record()) that define a run: all but config.NOT_RUN_FIELDS.
-    A resume.pt saved under other values would continue another run."""
+    """The entries of a config record (cfg.record()) that define a run: all but
+    config.NOT_RUN_FIELDS. A resume.pt saved under other values would continue another run."""
     return {k: v for k, v in record.items() if k not in NOT_RUN_FIELDS}
 
 
 def differences(saved: dict, cfg) -> list:
     """'frac 0.3 (asked 0.5)' for every run field (run_fields) where a saved config (results.json's
     "config", cfg.record()) differs from cfg's."""
-    asked, saved = run_fields(portable_record(cfg.record())), portable_record(saved)  # paths as recorded
-    return [f"{k} {saved[k]!r} (asked {v!r})" for k, v in asked.items() if k in saved and saved[k] != v]
+    # paths as recorded
+    asked, saved = run_fields(portable_record(cfg.record())), portable_record(saved)
+    return [f"{k} {saved[k]!r} (asked {v!r})" for k, v in asked.items()
+            if k in saved and saved[k] != v]
 
 
 def check_resume_matches(saved_config: dict, cfg, source: Path):
@@ -151,10 +160,10 @@ def read_results(out: Path):
 def claim_out_dir(cfg, main_process: bool = True):
     """Make --out this run's directory before anything loads; -> the verified resume state, or None.
 
-    The main process takes the directory's lock first (lock), and keeps it until train.py releases it.
-    --resume of a finished run raises Finished and changes nothing. --resume with a resume.pt: read
-    and verify it (saving.read_resume), and check it is this run. --resume without one: the files
-    there (a run stopped in its first epoch) must be this run's. Otherwise other run files are
+    The main process takes the directory's lock first (lock), and keeps it until train.py releases
+    it. --resume of a finished run raises Finished and changes nothing. --resume with a resume.pt:
+    read and verify it (saving.read_resume), and check it is this run. --resume without one: the
+    files there (a run stopped in its first epoch) must be this run's. Otherwise other run files are
     refused, or deleted under --overwrite. Only the main process deletes; every process reads the
     resume state. The directory must be writable, with RESERVE_BYTES to spare (spare_space)."""
     out = Path(cfg.out)
@@ -192,7 +201,8 @@ def claim_files(cfg, out: Path, main_process: bool):
         check_resume_matches(results["config"], cfg, out / "results.json")
     elif kept and not cfg.overwrite:
         what = f"results.json of {describe(results)}; " if results else ""
-        raise RunDirError(f"--out {out} holds another run's files ({what}{', '.join(kept)}): {WHAT_TO_DO}")
+        raise RunDirError(f"--out {out} holds another run's files ({what}{', '.join(kept)}): "
+                          f"{WHAT_TO_DO}")
     if present and main_process:  # leftovers of a run that finished nothing, or --overwrite
         for name in present:
             (out / name).unlink()
@@ -209,8 +219,9 @@ def spare_space(out: Path):
         (out / RESERVE).write_bytes(bytes(RESERVE_BYTES))
     except OSError as e:
         (out / RESERVE).unlink(missing_ok=True)
-        raise RunDirError(f"--out {out}: cannot set aside {RESERVE_BYTES >> 20} MiB for the results "
-                          f"({type(e).__name__}: {e.strerror or e}); free some space on its disk") from None
+        raise RunDirError(f"--out {out}: cannot set aside {RESERVE_BYTES >> 20} MiB for the "
+                          f"results ({type(e).__name__}: {e.strerror or e}); free some space on "
+                          f"its disk") from None
 
 
 def save_even_when_full(write, out: Path):
@@ -237,24 +248,27 @@ def disk_full(out: Path, error: BaseException) -> OSError:
     except OSError:
         free = ""
     return OSError(errno.ENOSPC, f"no space left on the disk holding {out.resolve()} (writing "
-                                 f"{error.filename or 'a run file'}{free}); results.json says 'failed' "
-                                 f"and keeps every finished epoch. Free space, then rerun the same command "
-                                 f"with --resume")
+                                 f"{error.filename or 'a run file'}{free}); results.json says "
+                                 f"'failed' and keeps every finished epoch. Free space, then rerun "
+                                 f"the same command with --resume")
 
 
 def check_writable(out: Path):
-    """Create --out and write a probe file in it, so an unwritable directory fails before the model loads."""
+    """Create --out and write a probe file in it, so an unwritable directory fails before the model
+    loads."""
     probe = out / f".write-test-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise RunDirError(f"--out {out} is not writable ({type(e).__name__}: {e.strerror or e})") from None
+        raise RunDirError(f"--out {out} is not writable "
+                          f"({type(e).__name__}: {e.strerror or e})") from None
 
 
 def failure_reason(error: BaseException) -> str:
-    """One line for results.json's "failure": the exception's type and message, and where it was raised."""
+    """One line for results.json's "failure": the exception's type and message, and where it was
+    raised."""
     frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
     return f"{type(error).__name__}: {error}{where}"

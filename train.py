@@ -1,8 +1,8 @@
 """Fine-tune BERT on one GLUE task with one method: `python train.py --method adapter --frac 0.5`.
 
 The loop is written out so that every efficiency figure is transparent:
-  - AdamW over the audited trainable list only (fused kernel on CUDA and CPU), linear warm-up then decay,
-    gradient clipping; frozen tensors get no gradient and no optimizer state.
+  - AdamW over the audited trainable list only (fused kernel on CUDA and CPU), linear warm-up then
+    decay, gradient clipping; frozen tensors get no gradient and no optimizer state.
   - One precision path: autocast (bf16, or fp16 with a GradScaler) or nullcontext; the
     trainable master weights stay fp32.
   - SyncTimer synchronizes the device before it reads the clock. Training time excludes
@@ -48,7 +48,8 @@ MAX_NONFINITE = 20  # consecutive non-finite losses before the run aborts
 
 def main(argv=None):
     cfg = parse_args(argv)
-    if hasattr(sys.stdout, "reconfigure"):  # a line at a time through a pipe (| tee log), not in blocks
+    # a line at a time through a pipe (| tee log), not in blocks
+    if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     dist.init()
     task, device = glue.get_task(cfg.task), pick_device(cfg.device)  # the Task, looked up once
@@ -70,8 +71,8 @@ def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
     """Load, apply the method, audit, then train epoch by epoch: evaluate, keep the best, save the
     resume state and results.json after each. -> results.json's content (the audit under --audit)."""
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels, pooling=cfg.pooling or None,
-                                       verbose=dist.is_main())
+    model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels,
+                                       pooling=cfg.pooling or None, verbose=dist.is_main())
     check_positions(cfg, model.config.max_position_embeddings)
     trainable = adapters.apply_method(model, cfg.options)
     report = audit.audit(model, trainable, cfg.method, cfg.options.train_pooler)
@@ -83,22 +84,26 @@ def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
     (out / "audit.txt").write_text(report.table() + "\n")
     model.to(device)
     amp_dtype = pick_amp(cfg.amp, device)
-    dropout.set_masks(model, cfg.dropout_masks, seed=cfg.seed)  # after apply_method: LoRA's dropouts too
-    keep_frozen_in_compute_dtype(model, amp_dtype)  # bf16 only; before the fingerprint, which covers the dtype
-    task_data = data.load_task_data(files, tokenizer, max_length=cfg.max_length, frac=cfg.frac, seed=cfg.seed)
+    # after apply_method: LoRA's dropouts too
+    dropout.set_masks(model, cfg.dropout_masks, seed=cfg.seed)
+    # bf16 only; before the fingerprint, which covers the dtype
+    keep_frozen_in_compute_dtype(model, amp_dtype)
+    task_data = data.load_task_data(files, tokenizer, max_length=cfg.max_length, frac=cfg.frac,
+                                    seed=cfg.seed)
     optimizer = build_optimizer(trainable, cfg, device)
     audit.assert_optimizer_matches(optimizer, trainable)
     frozen_fingerprint = audit.fingerprint(model)
     train_model = dist.wrap(torch.compile(model) if cfg.compile else model, device)
     results = Results.start(cfg, task, task_data, model.config.pooling, report,
-                            environment(device, amp_dtype, dist.world_size()), measure_memory(cfg, model, trainable,
-                                                                                              amp_dtype))
+                            environment(device, amp_dtype, dist.world_size()),
+                            measure_memory(cfg, model, trainable, amp_dtype))
     total_steps = cfg.epochs * len(train_batches(cfg, task_data, epoch=0))
-    run = Run(cfg, task, task_data, model, train_model, trainable, optimizer, grad_scaler(device, amp_dtype),
-              device, amp_dtype, out, results, total_steps)
+    run = Run(cfg, task, task_data, model, train_model, trainable, optimizer,
+              grad_scaler(device, amp_dtype), device, amp_dtype, out, results, total_steps)
     start_epoch = load_resume(run, resume_state) if cfg.resume else 0
     open_logs(run, (resume_state or {}).get("steps", []) if start_epoch else [])
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwinds like Ctrl-C: finished epochs are kept
+    # unwinds like Ctrl-C: finished epochs are kept
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     reset_peak_memory(device)
     status = "complete"
     try:
@@ -121,9 +126,11 @@ def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
     except KeyboardInterrupt:
         close_logs(run)
         save_results(run, "interrupted")
-        print(f"interrupted: {out / 'results.json'} keeps {len(run.results.epochs)} epochs", file=sys.stderr)
+        print(f"interrupted: {out / 'results.json'} keeps {len(run.results.epochs)} epochs",
+              file=sys.stderr)
         raise SystemExit(130)
-    except Exception as e:  # a diverged run, a crash, a full disk: results.json says so, never "running"
+    # a diverged run, a crash, a full disk: results.json says so, never "running"
+    except Exception as e:
         close_logs(run)
         raise fail(run, e)
     close_logs(run)
@@ -134,15 +141,16 @@ def measure_memory(cfg: TrainConfig, model, trainable, amp_dtype) -> dict:
     """One training step's memory bill (memory.account: weights, gradients, AdamW state, saved
     activations) at --batch-size x --max-length, measured without disturbing any random stream."""
     state = dropout.get_state(model)
-    bill = memory.account(model, trainable, cfg.batch_size, cfg.max_length, cfg.method, amp_dtype=amp_dtype)
+    bill = memory.account(model, trainable, cfg.batch_size, cfg.max_length, cfg.method,
+                          amp_dtype=amp_dtype)
     dropout.set_state(model, state)
     return bill.record()
 
 
 def check_before_loading(cfg: TrainConfig, task: glue.Task) -> tuple:
-    """What needs no model, before it loads: --out is this run's (rundir.claim_out_dir; with --resume,
-    the verified resume state) and the data files are there and parse. -> (resume state or None,
-    data.TaskFiles); (None, None) under --audit, which writes and reads nothing."""
+    """What needs no model, before it loads: --out is this run's (rundir.claim_out_dir; with
+    --resume, the verified resume state) and the data files are there and parse. -> (resume state or
+    None, data.TaskFiles); (None, None) under --audit, which writes and reads nothing."""
     if cfg.audit:
         return None, None
     return rundir.claim_out_dir(cfg, dist.is_main()), data.read_task_files(task, cfg.data_dir or None)
@@ -194,7 +202,8 @@ def close_logs(run: Run):
 
 
 def train_batches(cfg: TrainConfig, task_data, epoch: int) -> list:
-    """This rank's training batches of one epoch (data.batches: shuffled by seed and epoch, length-bucketed)."""
+    """This rank's training batches of one epoch (data.batches: shuffled by seed and epoch,
+    length-bucketed)."""
     return data.batches(task_data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                         rank=dist.rank(), world_size=dist.world_size())
 
@@ -202,8 +211,8 @@ def train_batches(cfg: TrainConfig, task_data, epoch: int) -> list:
 def train_epoch(run: Run, epoch: int) -> dict:
     """Train one epoch, or until the time budget is spent; returns what the epoch's record needs."""
     batches = train_batches(run.cfg, run.task_data, epoch)
-    stats = {"steps": 0, "seconds": 0.0, "step_times": [], "tokens": 0, "examples": 0, "nonfinite": 0,
-             "loss": 0.0}
+    stats = {"steps": 0, "seconds": 0.0, "step_times": [], "tokens": 0, "examples": 0,
+             "nonfinite": 0, "loss": 0.0}
     nonfinite_run = 0
     run.model.train()
     run.display.epoch(epoch + 1, run.cfg.epochs, len(batches))
@@ -214,8 +223,9 @@ def train_epoch(run: Run, epoch: int) -> dict:
             nonfinite_run += 1
             stats["nonfinite"] += 1
             if nonfinite_run >= MAX_NONFINITE:
-                raise FloatingPointError(f"{MAX_NONFINITE} consecutive non-finite losses at step {run.step}: "
-                                         f"lower --lr (now {run.cfg.lr:g}) or use --amp bf16/off")
+                raise FloatingPointError(f"{MAX_NONFINITE} consecutive non-finite losses at step "
+                                         f"{run.step}: lower --lr (now {run.cfg.lr:g}) or use "
+                                         f"--amp bf16/off")
             continue
         nonfinite_run = 0
         seconds = timer.elapsed()
@@ -256,7 +266,7 @@ def train_step(run: Run, batch: dict) -> tuple:
         run.optimizer.zero_grad(set_to_none=True)
         return None, None, None
     lr = run.cfg.lr * lr_factor(run.step, run.total_steps, run.cfg.warmup,
-                                    budget_progress(run.train_seconds, run.step, run.cfg.time_budget))
+                                budget_progress(run.train_seconds, run.step, run.cfg.time_budget))
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.scaler.scale(loss).backward()
@@ -273,13 +283,14 @@ def record_eval(run: Run, epoch: float) -> tuple:
     """Evaluate on val and test; add the line to the results and to evals.jsonl. Returns (line,
     test predictions)."""
     timer = SyncTimer(run.device)
-    val, _ = evaluate(run.model, run.task, run.task_data.val, run.cfg.eval_batch_size, run.device, run.amp_dtype,
-                      lambda batches: run.display.evaluating(batches, "val"))
-    test, test_predictions = evaluate(run.model, run.task, run.task_data.test, run.cfg.eval_batch_size, run.device,
-                                      run.amp_dtype, lambda batches: run.display.evaluating(batches, "test"))
+    val, _ = evaluate(run.model, run.task, run.task_data.val, run.cfg.eval_batch_size, run.device,
+                      run.amp_dtype, lambda batches: run.display.evaluating(batches, "val"))
+    test, test_predictions = evaluate(run.model, run.task, run.task_data.test,
+                                      run.cfg.eval_batch_size, run.device, run.amp_dtype,
+                                      lambda batches: run.display.evaluating(batches, "test"))
     seconds = timer.elapsed()
-    line = {"epoch": epoch, "step": run.step, "train_seconds": run.train_seconds, "val": val, "test": test,
-            "eval_seconds": seconds}
+    line = {"epoch": epoch, "step": run.step, "train_seconds": run.train_seconds, "val": val,
+            "test": test, "eval_seconds": seconds}
     run.results.add_eval(line, seconds)
     if dist.is_main():
         with open(run.out / "evals.jsonl", "a") as f:
@@ -289,32 +300,36 @@ def record_eval(run: Run, epoch: float) -> tuple:
 
 
 def record_epoch(run: Run, epoch: int, stats: dict, line: dict, completed: bool):
-    """Add the epoch's record (speed over all ranks, loss, step times, padding, scores) to the results."""
+    """Add the epoch's record (speed over all ranks, loss, step times, padding, scores) to the
+    results."""
     tokens = dist.all_sum(torch.tensor(float(stats["tokens"]))).item()
     examples = int(dist.all_sum(torch.tensor(float(stats["examples"]))).item())
     run.results.add_epoch(epoch, {**stats, "tokens": tokens, "examples": examples}, line, completed)
 
 
 def save_best(run: Run, epoch: int, line: dict, test_predictions):
-    """If this epoch has the best validation score so far: its scores and test predictions become the
-    results' best, and its trainable tensors best.safetensors."""
-    if not run.results.keep_if_best(epoch, line, run.task.headline, test_predictions, run.task.is_regression):
+    """If this epoch has the best validation score so far: its scores and test predictions become
+    the results' best, and its trainable tensors best.safetensors."""
+    if not run.results.keep_if_best(epoch, line, run.task.headline, test_predictions,
+                                    run.task.is_regression):
         return
     if dist.is_main():
-        saving.save_trainable(run.model, run.trainable, run.cfg.options, run.out / "best.safetensors",
-                              {"base_model": run.cfg.model, "task": run.cfg.task, "num_labels": run.task.num_labels,
-                               "pooling": run.model.config.pooling, "epoch": epoch})
+        saving.save_trainable(
+            run.model, run.trainable, run.cfg.options, run.out / "best.safetensors",
+            {"base_model": run.cfg.model, "task": run.cfg.task, "num_labels": run.task.num_labels,
+             "pooling": run.model.config.pooling, "epoch": epoch})
         run.results.checkpoint_bytes = (run.out / "best.safetensors").stat().st_size
 
 
 def epoch_line(run: Run, epoch: int, line: dict) -> str:
     """The one log line per epoch: time, speed, and the scores beside the baseline's."""
     record = run.results.epochs[-1]
-    return (f"epoch {epoch:3d} | loss {record['train_loss']:.4f} | train {record['train_seconds']:7.1f}s | "
-            f"eval {line['eval_seconds']:5.1f}s | {record['tokens_per_second']:7.0f} tok/s | "
+    return (f"epoch {epoch:3d} | loss {record['train_loss']:.4f} | "
+            f"train {record['train_seconds']:7.1f}s | eval {line['eval_seconds']:5.1f}s | "
+            f"{record['tokens_per_second']:7.0f} tok/s | "
             f"{run.results.vs_baseline(line, run.task.headline)}"
-            + (f" | {record['nonfinite_steps']} non-finite steps skipped (loss NaN or inf: no update)"
-               if record["nonfinite_steps"] else ""))
+            + (f" | {record['nonfinite_steps']} non-finite steps skipped (loss NaN or inf: "
+               "no update)" if record["nonfinite_steps"] else ""))
 
 
 def save_resume(run: Run, epoch: int):
@@ -322,13 +337,13 @@ def save_resume(run: Run, epoch: int):
     saving.write_resume(run.out / "resume.pt", {
         "epoch": epoch, "step": run.step, "results": json.dumps(run.results.to_dict()),
         "trainable": {n: p.detach().cpu() for n, p in run.trainable}, "steps": run.steps.lines,
-        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state(),
-        "dropout_rng": dropout.get_state(run.model)})
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "rng": torch.get_rng_state(), "dropout_rng": dropout.get_state(run.model)})
 
 
 def load_resume(run: Run, state) -> int:
-    """Restore the state save_resume wrote, read and verified by rundir.claim_out_dir (None: there was
-    no resume.pt); returns the epoch to start from."""
+    """Restore the state save_resume wrote, read and verified by rundir.claim_out_dir (None: there
+    was no resume.pt); returns the epoch to start from."""
     path = run.out / "resume.pt"
     if state is None:
         print(f"--resume: no {path}, starting fresh")
@@ -361,7 +376,8 @@ def save_results(run: Run, status: str):
 
 
 def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:
-    """The frozen-weights proof, the final results.json, the summary line; a moved tensor is an error."""
+    """The frozen-weights proof, the final results.json, the summary line; a moved tensor is an
+    error."""
     verdict = audit.verify_frozen(run.model, frozen_fingerprint)
     run.results.freeze_audit = "passed" if verdict["verdict"] == "passed" else verdict
     if verdict["verdict"] != "passed":
@@ -375,8 +391,8 @@ def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:
         print(f"best epoch {best['epoch']}: {run.results.vs_baseline(best, headline)}; "
               f"frozen-weights audit passed; results in {run.out}")
         if best["test"][headline] <= baseline["test"][headline]:
-            print(f"warning: test {headline} does not beat the {baseline['name']} baseline: the model learned "
-                  f"nothing visible (try more --epochs, another --lr, or more data)")
+            print(f"warning: test {headline} does not beat the {baseline['name']} baseline: the "
+                  f"model learned nothing visible (try more --epochs, another --lr, or more data)")
     return run.results.to_dict()
 
 
