@@ -72,7 +72,7 @@ def add_flags(groups: dict, cls, skip=(), shown=None):
         flag, group = "--" + f.name.replace("_", "-"), groups[meta["group"]]
         if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=meta["help"])
+                               help=meta["help"] + (" (default: on)" if f.default else ""))
             continue
         default = (shown or {}).get(f.name, ",".join(f.default) if f.type is tuple else f.default)
         suffix = f" (default: {default})" if default != "" else ""

@@ -15,6 +15,7 @@ before train.py starts).
 import errno
 import json
 import os
+import shutil
 import socket
 import traceback
 from pathlib import Path
@@ -27,8 +28,8 @@ LOCK = ".lock"
 # disk space held back for the last results.json when the disk fills (spare_space)
 RESERVE = ".reserve"
 RESERVE_BYTES = 4 << 20  # a results.json is at most a few hundred KiB (test predictions included)
-RUN_FILES = ("results.json", "evals.jsonl", "best.safetensors", "resume.pt", "audit.txt",
-             "results.json.tmp", "resume.pt.tmp", RESERVE)
+RUN_FILES = ("results.json", "evals.jsonl", "steps.jsonl", "best.safetensors", "resume.pt",
+             "audit.txt", "results.json.tmp", "resume.pt.tmp", "tensorboard", RESERVE)
 # what a run has to show once it finished an epoch (or was interrupted): a directory with only
 # audit.txt / evals.jsonl holds nothing worth protecting
 KEPT = ("results.json", "best.safetensors", "resume.pt")
@@ -205,7 +206,7 @@ def claim_files(cfg, out: Path, main_process: bool):
                           f"{WHAT_TO_DO}")
     if present and main_process:  # leftovers of a run that finished nothing, or --overwrite
         for name in present:
-            (out / name).unlink()
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     if main_process:
         check_writable(out)
         spare_space(out)

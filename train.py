@@ -6,15 +6,15 @@ The loop is written out so that every efficiency figure is transparent:
   - One precision path: autocast (bf16, or fp16 with a GradScaler) or nullcontext; the
     trainable master weights stay fp32.
   - SyncTimer synchronizes the device before it reads the clock. Training time excludes
-    evaluation; --time-budget counts training time only. The other sync point per step is
-    `loss.item()` (for the non-finite check and the log line).
+    evaluation; --time-budget counts training time only. The other sync points: `loss.item()`
+    every step (the non-finite check), the gradient norm every 10 steps (steps.jsonl).
   - After training, every frozen tensor is compared bit for bit with its fingerprint taken
     before training; the verdict goes into results.json and a violation is an error.
-Outputs in --out: audit.txt, evals.jsonl (one line per evaluation), results.json (rewritten
-atomically after every evaluation, so an interrupted run leaves valid results), best.safetensors
-(the best epoch's trainable tensors) and resume.pt (state at the last finished epoch).
+Outputs in --out: audit.txt, evals.jsonl (one line per evaluation), steps.jsonl (the training
+curve, progress.py), results.json (record.py; rewritten atomically after every evaluation, so an
+interrupted run leaves valid results), best.safetensors (the best epoch's trainable tensors) and
+resume.pt (resume.py: the state at the last finished epoch).
 """
-import json
 import math
 import signal
 import sys
@@ -40,6 +40,7 @@ from optim import budget_progress, build_optimizer, lr_factor
 from config import TrainConfig, check_positions, parse_args, run_cli
 from precision import autocast, grad_scaler, keep_frozen_in_compute_dtype, pick_amp, pick_device
 from record import Results
+from resume import load_resume, save_resume
 from runinfo import SyncTimer, environment, peak_memory_bytes, reset_peak_memory, strict_json
 
 WARMUP_STEPS_EXCLUDED = 3  # steps left out of step-time statistics (allocator, kernels warm up)
@@ -53,7 +54,8 @@ def main(argv=None):
         sys.stdout.reconfigure(line_buffering=True)
     dist.init()
     task, device = glue.get_task(cfg.task), pick_device(cfg.device)  # the Task, looked up once
-    cfg.dropout_masks = dropout.resolve(cfg.dropout_masks, device, rundir.read_results(Path(cfg.out))
+    cfg.dropout_masks = dropout.resolve(cfg.dropout_masks, device,
+                                        rundir.read_results(Path(cfg.out))
                                         if cfg.resume and not cfg.audit else None)
     try:
         resume_state, files = check_before_loading(cfg, task)
@@ -69,7 +71,8 @@ def main(argv=None):
 
 def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
     """Load, apply the method, audit, then train epoch by epoch: evaluate, keep the best, save the
-    resume state and results.json after each. -> results.json's content (the audit under --audit)."""
+    resume state and results.json after each. -> results.json's content (the audit under
+    --audit)."""
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(cfg.model, num_labels=task.num_labels,
                                        pooling=cfg.pooling or None, verbose=dist.is_main())
@@ -107,7 +110,8 @@ def train(cfg: TrainConfig, task: glue.Task, device, resume_state, files):
     reset_peak_memory(device)
     status = "complete"
     try:
-        save_results(run, "running")  # from the first step on, a results.json says how the run stands
+        # from the first step on, a results.json says how the run stands
+        save_results(run, "running")
         for epoch in range(start_epoch, cfg.epochs):
             if run.over_budget():
                 status = "time_budget"
@@ -153,7 +157,8 @@ def check_before_loading(cfg: TrainConfig, task: glue.Task) -> tuple:
     None, data.TaskFiles); (None, None) under --audit, which writes and reads nothing."""
     if cfg.audit:
         return None, None
-    return rundir.claim_out_dir(cfg, dist.is_main()), data.read_task_files(task, cfg.data_dir or None)
+    return rundir.claim_out_dir(cfg, dist.is_main()), \
+        data.read_task_files(task, cfg.data_dir or None)
 
 
 @dataclass
@@ -164,7 +169,8 @@ class Run:
     task_data: data.TaskData
     model: nn.Module  # evaluation, checkpoints and the frozen-weights proof use the model itself
     train_model: nn.Module  # what a training step calls: the model, compiled and/or DDP-wrapped
-    trainable: list  # [(name, parameter)] from adapters.apply_method: exactly what the optimizer holds
+    # [(name, parameter)] from adapters.apply_method: exactly what the optimizer holds
+    trainable: list
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # enabled for fp16 only (precision.grad_scaler): one code path
     device: torch.device
@@ -189,8 +195,10 @@ def open_logs(run: Run, steps: list):
     """evals.jsonl and steps.jsonl as the results and the resume state hold them (none after a
     restart), TensorBoard when asked, and the progress display from the step the run is at."""
     if dist.is_main():
-        (run.out / "evals.jsonl").write_text("".join(strict_json(e) + "\n" for e in run.results.evals))
-        run.tensorboard = progress.open_tensorboard(run.out, run.step) if run.cfg.tensorboard else None
+        (run.out / "evals.jsonl").write_text("".join(strict_json(e) + "\n"
+                                                     for e in run.results.evals))
+        run.tensorboard = progress.open_tensorboard(run.out, run.step) \
+            if run.cfg.tensorboard else None
     run.steps = progress.StepLog(run.out if dist.is_main() else None, steps, run.tensorboard)
     run.display = progress.Progress(run.total_steps, run.step, dist.is_main())
 
@@ -332,32 +340,6 @@ def epoch_line(run: Run, epoch: int, line: dict) -> str:
                "no update)" if record["nonfinite_steps"] else ""))
 
 
-def save_resume(run: Run, epoch: int):
-    """resume.pt: the state after `epoch` with its sha256, written atomically (saving.write_resume)."""
-    saving.write_resume(run.out / "resume.pt", {
-        "epoch": epoch, "step": run.step, "results": json.dumps(run.results.to_dict()),
-        "trainable": {n: p.detach().cpu() for n, p in run.trainable}, "steps": run.steps.lines,
-        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-        "rng": torch.get_rng_state(), "dropout_rng": dropout.get_state(run.model)})
-
-
-def load_resume(run: Run, state) -> int:
-    """Restore the state save_resume wrote, read and verified by rundir.claim_out_dir (None: there
-    was no resume.pt); returns the epoch to start from."""
-    path = run.out / "resume.pt"
-    if state is None:
-        print(f"--resume: no {path}, starting fresh")
-        return 0
-    run.step, run.results = state["step"], Results.from_dict(json.loads(state["results"]))
-    saving.copy_named(dict(run.trainable), state["trainable"], path)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["scaler"])  # a disabled scaler saved {} and ignores it
-    torch.set_rng_state(state["rng"])
-    dropout.set_state(run.model, state.get("dropout_rng"))
-    print(f"resumed from {path} after epoch {state['epoch']}")
-    return state["epoch"]
-
-
 def fail(run: Run, error: BaseException) -> BaseException:
     """results.json says "failed" and why (rundir.failure_reason), so a stopped run never stays
     "running" (on a full disk too: rundir.save_even_when_full); returns the error for main to raise,
@@ -372,7 +354,8 @@ def save_results(run: Run, status: str):
     timing["peak_memory_bytes"] = max(timing["peak_memory_bytes"], peak_memory_bytes(run.device))
     run.results.status = status
     if dist.is_main():
-        rundir.save_even_when_full(lambda: run.results.save(run.out / "results.json", status), run.out)
+        rundir.save_even_when_full(lambda: run.results.save(run.out / "results.json", status),
+                                   run.out)
 
 
 def finish(run: Run, status: str, frozen_fingerprint: dict) -> dict:

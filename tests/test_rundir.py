@@ -116,3 +116,15 @@ def test_the_last_results_json_is_written_from_the_reserve_when_the_disk_is_full
     with pytest.raises(OSError, match="No space left"):  # no reserve left: the error passes
         rundir.save_even_when_full(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")), out)
     rundir.release(out)
+
+
+def test_overwrite_clears_every_run_file_the_curve_and_tensorboard_included(tmp_path):
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1").write_text("old events")
+    for name in ("results.json", "steps.jsonl", "evals.jsonl", "best.safetensors"):
+        (out / name).write_text("{}")
+    (out / "notes.txt").write_text("not a run file")
+    rundir.claim_out_dir(parse_args([*FAST, "--out", str(out), "--overwrite"]))
+    rundir.release(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
