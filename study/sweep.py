@@ -22,10 +22,14 @@ The grids themselves (presets, runs, directories) are study/presets.py. Flags af
 train.py unchanged.
 
 A configuration whose results.json says "complete" or "time_budget" is skipped; one that says
-"running" or "interrupted" is started again with --resume (train.py continues from resume.pt).
+"running" or "interrupted" is started again with --resume (train.py continues from resume.pt). One
+whose directory a live process holds (train.py's lock, rundir.py: another sweep's run) is left to it,
+"running elsewhere", not a failure: two sweeps into one folder (two shells, two machines on a shared
+disk) share the work instead of doubling it.
 `--jobs n` runs n configurations at once (study/jobs.py), each with 1/n of the cores; the time-budget
 runs always run one at a time, with every core. Each run's output is appended to train.log in its
-directory, and shown when one run is at work. Ctrl-C (or SIGTERM) asks every running train.py to
+directory, after the command as typed from the repository root (`$ python train.py ... --out
+results/...`), and shown when one run is at work. Ctrl-C (or SIGTERM) asks every running train.py to
 stop, waits until each has written results.json, and ends the sweep; finished runs stay valid. (A
 sweep started with `&` or nohup ignores Ctrl-C, as every background job does: stop it with
 `kill PID`.) An unsharded sweep ends by writing RESULTS.md and the plots (study/report.py).
@@ -60,11 +64,14 @@ def foreign(results: dict, run: Run, flags: list) -> list:
     (`flags`: the sweep's common flags and those after --). [] when it is the cell's. Fields a results.json
     from an older train.py lacks are not compared."""
     import config
+    import dropout
     import rundir
     saved = results.get("config")
     if not isinstance(saved, dict):
         return ["no config recorded"]
-    return rundir.differences(saved, config.parse_args([*run.train_args(), *flags]))
+    cfg = config.parse_args([*run.train_args(), *flags])
+    cfg.dropout_masks = dropout.resolve(cfg.dropout_masks, None, results)  # "auto": the run's own, as on --resume
+    return rundir.differences(saved, cfg)
 
 
 def parse_args(argv=None):
