@@ -122,6 +122,18 @@ def misfiled(r: dict):
     return f"its directory is named for another run: {', '.join(differ)}" if differ else None
 
 
+def study_masks(out: Path):
+    """The dropout masks a study folder's runs drew, so that its new and re-made cells draw theirs the
+    same way: "torch" if a run recorded torch or recorded none (every run from before the option),
+    "fast" if every run recorded fast, None for a folder without runs (train.py's default decides)."""
+    modes = set()
+    for path in [*out.glob("*/results.json"), *out.glob("*/*/results.json")]:
+        config = (read_results(path.parent) or {}).get("config")
+        if isinstance(config, dict):
+            modes.add(config.get("dropout_masks", "torch"))
+    return None if not modes else "torch" if modes != {"fast"} else "fast"
+
+
 def read_results(run_dir: Path):
     """results.json as a dict; None when there is none; {"status": "unreadable"} when it is corrupt or not
     a JSON object with a status."""

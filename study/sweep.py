@@ -47,7 +47,7 @@ from pathlib import Path
 
 from study.jobs import Jobs, near, shown, threads_per_job
 from study.presets import PRESETS, Preset, Run, beyond_edges, grid, shard, tuning_grid
-from study.runs import DONE, read_results
+from study.runs import DONE, read_results, study_masks
 from study.tuning import TUNED, choose_rates, keep_other_choices, read_tuned, reuse_tuning_run
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -322,7 +322,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     p, out = args.preset, Path(args.out)
     common = {"model": p.model, "data_dir": args.data_dir, "batch_size": args.batch_size,
-              "max_length": p.max_length, "amp": p.amp, "device": args.device, "pooling": args.pooling}
+              "max_length": p.max_length, "amp": p.amp, "device": args.device, "pooling": args.pooling,
+              # a study's cells draw dropout masks as its committed runs did (torch, before the option)
+              "dropout_masks": None if "--dropout-masks" in args.extra else study_masks(out)}
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop the sweep (and its train.py) like Ctrl-C
         if signal.getsignal(sig) is not signal.SIG_IGN:  # but not a hangup under nohup
             signal.signal(sig, signal.default_int_handler)

@@ -2,6 +2,7 @@
 grid, a tuning run copied into it) and --rates, with a stand-in for train.py that scores each rate."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,17 @@ def test_a_tuning_run_is_copied_into_the_grid_only_with_the_grids_epochs(tmp_pat
     assert tuning.reuse_tuning_run(presets.Run("mrpc", "lora", 1.0, 0, 6, lr=2e-4), rates, p, tmp_path)
     assert json.loads((tmp_path / "mrpc-lora-f1-s0" / "results.json").read_text())["copied_from"] == \
         "tune/mrpc-lora-f1-s0-lr0.0002"
+
+
+def test_a_studys_new_cells_draw_dropout_masks_as_its_committed_runs_did(tmp_path):
+    from study.runs import study_masks
+    assert study_masks(tmp_path) is None  # no runs yet: train.py's default (fast on a CPU)
+    for name, config in [("mrpc-full-f1-s0", {"task": "mrpc"}), ("tune/mrpc-full-f1-s0-lr1e-4",
+                                                                   {"dropout_masks": "fast"})]:
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": "complete", "config": config}))
+    assert study_masks(tmp_path) == "torch"  # a run from before the option drew torch's masks
+    (tmp_path / "mrpc-full-f1-s0" / "results.json").write_text(
+        json.dumps({"status": "complete", "config": {"dropout_masks": "fast"}}))
+    assert study_masks(tmp_path) == "fast"
+    assert study_masks(Path(__file__).resolve().parents[1] / "results" / "cpu-minilm-tuned") == "torch"
