@@ -153,9 +153,10 @@ def check_resume_matches(saved_config: dict, cfg, source: Path):
 def read_results(out: Path):
     path = out / "results.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        results = json.loads(path.read_text()) if path.is_file() else None
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return {"status": "unreadable"}
+    return results if results is None or isinstance(results, dict) else {"status": "unreadable"}
 
 
 def claim_out_dir(cfg, main_process: bool = True):
@@ -200,6 +201,7 @@ def claim_files(cfg, out: Path, main_process: bool):
         return state
     if cfg.resume and results and "config" in results:
         check_resume_matches(results["config"], cfg, out / "results.json")
+        check_nothing_lost(out, results)
     elif kept and not cfg.overwrite:
         what = f"results.json of {describe(results)}; " if results else ""
         raise RunDirError(f"--out {out} holds another run's files ({what}{', '.join(kept)}): "
@@ -211,6 +213,17 @@ def claim_files(cfg, out: Path, main_process: bool):
         check_writable(out)
         spare_space(out)
     return None
+
+
+def check_nothing_lost(out: Path, results: dict):
+    """--resume without a resume.pt starts the run again: refused while results.json holds finished
+    epochs of a run that did not fail (its resume.pt was deleted by hand: those epochs could not be
+    continued, and starting again would replace them). A failed run starts again, as --resume says."""
+    epochs = results.get("epochs")
+    if results.get("status") != "failed" and isinstance(epochs, list) and epochs:
+        raise RunDirError(f"--resume: {out / 'resume.pt'} is missing, so the {len(epochs)} finished "
+                          f"epoch(s) in {out / 'results.json'} cannot be continued; pass --overwrite "
+                          f"to train again from the start (deleting them), or choose another --out")
 
 
 def spare_space(out: Path):
@@ -249,7 +262,8 @@ def disk_full(out: Path, error: BaseException) -> OSError:
     except OSError:
         free = ""
     return OSError(errno.ENOSPC, f"no space left on the disk holding {out.resolve()} (writing "
-                                 f"{error.filename or 'a run file'}{free}); results.json says "
+                                 f"{getattr(error, 'filename', None) or 'a run file'}{free}); "
+                                 f"results.json says "
                                  f"'failed' and keeps every finished epoch. Free space, then rerun "
                                  f"the same command with --resume")
 

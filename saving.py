@@ -13,10 +13,12 @@ Files saved before the pooler became backbone (their method_config has no `train
 BERT's pooler with the head under [CLS] pooling: load_trainable reads them as train_pooler=True when
 their pooling is "cls", which is exactly the set they trained (old_method_config).
 """
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +41,8 @@ TENSORS_ONLY_FORMAT = "bertfit-trainable/2"  # the same, written before the head
 UNVERIFIED_FORMAT = "bertfit-trainable/1"  # the same, written before files carried a tensor digest
 HEADER_FIELDS = ("method", "method_config", "base_model", "task", "num_labels", "pooling", "frozen_digest",
                  "meta")  # what load_trainable reads from every save_trainable header
-RESUME_FORMAT = "bertfit-resume/1"  # the "format" entry of a resume.pt
+RESUME_FORMAT = "bertfit-resume/1"
+FULL_DISK_BYTES = 64 << 20  # free space below which a failed torch.save is taken for a full disk  # the "format" entry of a resume.pt
 
 
 def tensor_digest(obj) -> str:
@@ -137,11 +140,14 @@ def write_resume(path, state: dict):
     """torch.save `state` with its tensor_digest, atomically (a temporary file, then a rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    try:  # through a Python file, so that a full disk is OSError ENOSPC (to a path: a RuntimeError)
+    try:
         with open(tmp, "wb") as f:
             torch.save({**state, "format": RESUME_FORMAT, "digest": tensor_digest(state)}, f)
-    except OSError:  # a full disk: no half-written temporary file left behind
+    except (OSError, RuntimeError) as e:  # no half-written temporary file left behind
         tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES:
+            # torch reports a short write on a full disk as "enforce fail ... unexpected pos"
+            raise OSError(errno.ENOSPC, f"No space left on device (torch.save: {e})", str(tmp)) from e
         raise
     os.replace(tmp, path)
 

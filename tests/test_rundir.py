@@ -128,3 +128,31 @@ def test_overwrite_clears_every_run_file_the_curve_and_tensorboard_included(tmp_
     rundir.claim_out_dir(parse_args([*FAST, "--out", str(out), "--overwrite"]))
     rundir.release(out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_resume_never_replaces_finished_epochs_it_cannot_continue(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    record = {"status": "interrupted", "epochs": [{"epoch": 1}], "config": parse_args([*FAST]).record()}
+    (out / "results.json").write_text(json.dumps(record))  # its resume.pt deleted by hand
+    with pytest.raises(rundir.RunDirError, match="resume.pt is missing, so the 1 finished epoch"):
+        rundir.claim_out_dir(parse_args([*FAST, "--out", str(out), "--resume"]))
+    assert (out / "results.json").is_file()
+    (out / "results.json").write_text(json.dumps({**record, "status": "failed"}))  # a crash: starts again
+    assert rundir.claim_out_dir(parse_args([*FAST, "--out", str(out), "--resume"])) is None
+    rundir.release(out)
+    (out / "results.json").write_text("[1, 2]")  # not a results file: one line, no traceback
+    with pytest.raises(rundir.RunDirError, match="holds another run's files"):
+        rundir.claim_out_dir(parse_args([*FAST, "--out", str(out), "--resume"]))
+
+
+def test_a_full_disk_under_torch_save_or_safetensors_is_named_as_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(saving.shutil, "disk_usage", lambda path: type("U", (), {"free": 4096})())
+    monkeypatch.setattr(saving.torch, "save", lambda obj, f: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 392000 vs 391892")))
+    with pytest.raises(OSError) as e:
+        saving.write_resume(tmp_path / "resume.pt", {"x": 1})
+    assert e.value.errno == errno.ENOSPC and not (tmp_path / "resume.pt.tmp").exists()
+    safetensors_error = RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    assert rundir.is_disk_full(safetensors_error)
+    assert "no space left on the disk holding" in str(rundir.disk_full(tmp_path, safetensors_error))
