@@ -18,8 +18,8 @@ from pathlib import Path
 # et al. (2022, sec. 3.1: 1e-4..1e-3) and one half-decade above, where BitFit on small models still
 # gains. Adapters: Houlsby et al. (2019, sec. 3.1: 3e-5..3e-3), the inner three half-decades. LoRA:
 # Hu et al. (2021, tab. 9: 4e-4..5e-4 on RoBERTa-base) a half-decade either side. The other families
-# around their starting points (config.DEFAULT_LR). A hybrid tunes over its lowest part's rates, as
-# config.default_lr takes the lowest part's rate.
+# around their starting points (optim.DEFAULT_LR). A hybrid tunes over its lowest part's rates, as
+# optim.default_lr takes the lowest part's rate.
 TUNE_LRS = {"full": (2e-5, 5e-5, 1e-4), "bitfit": (3e-4, 1e-3, 3e-3), "adapter": (1e-4, 3e-4, 1e-3),
             "lora": (2e-4, 6e-4, 2e-3), "head": (3e-4, 1e-3, 3e-3), "prompt": (1e-3, 3e-3, 1e-2),
             "prefix": (1e-4, 3e-4, 1e-3), "ia3": (1e-3, 3e-3, 1e-2)}

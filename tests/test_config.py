@@ -11,7 +11,8 @@ import adapters
 import config
 import flags
 from adapters import method_flag
-from config import TrainConfig, default_lr, parse_args
+from config import TrainConfig, parse_args
+from optim import default_lr
 
 
 @pytest.mark.parametrize("argv, message", [
