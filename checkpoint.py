@@ -153,7 +153,8 @@ def load_state_dict(model: torch.nn.Module, path) -> LoadReport:
 
 
 def read_pooling(model_dir):
-    """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config."""
+    """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config, else
+    "cls"; its pooling_mode_* fields must be JSON booleans, and at most one of cls and mean true."""
     path = Path(model_dir) / "1_Pooling" / "config.json"
     if not path.is_file():
         return "cls"
@@ -163,7 +164,15 @@ def read_pooling(model_dir):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got a {type(config).__name__}")
-    return "mean" if config.get("pooling_mode_mean_tokens") else "cls"
+    modes = {k: v for k, v in config.items() if k.startswith("pooling_mode_")}
+    for key, on in modes.items():  # "false" is a non-empty string: truthy, and would pool by mean
+        if not isinstance(on, bool):
+            raise ValueError(f"{path}: {key} must be true or false (a JSON boolean), got {on!r}")
+    chosen = sorted(k for k, on in modes.items() if on)
+    if chosen not in ([], ["pooling_mode_cls_token"], ["pooling_mode_mean_tokens"]):
+        raise ValueError(f"{path}: pooling {', '.join(chosen)}: supported are pooling_mode_cls_token or "
+                         "pooling_mode_mean_tokens, one of them")
+    return "mean" if modes.get("pooling_mode_mean_tokens") else "cls"
 
 
 def check_tokenizer_fits(tokenizer, config: BertConfig, config_path):

@@ -28,12 +28,13 @@ from safetensors import SafetensorError
 import glue
 import saving
 from config import run_cli
+from flags import Parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__[__doc__.index("The first argument"):])
+    p = Parser(prog="export.py", description=__doc__.split("\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog=__doc__[__doc__.index("The first argument"):])
     p.add_argument("run", metavar="RUN_DIR_or_CHECKPOINT", help="a run directory or its best.safetensors")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--peft", metavar="OUT_DIR", help="write a PEFT adapter directory (LoRA, (IA)^3)")

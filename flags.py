@@ -6,6 +6,7 @@ choices, in that --help group. Its allowed range is checked by its dataclass's `
 import argparse
 import difflib
 import math
+import sys
 from dataclasses import field, fields
 
 # --help's groups, in the order a user thinks of them
@@ -35,17 +36,40 @@ def comma_list(text: str) -> tuple:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a short usage line and a "did you mean" for a misspelt flag."""
+    """argparse with a short usage line and a "did you mean" for a misspelt flag, which is reported
+    before a missing required argument: argparse checks the required ones first, and would blame a
+    misspelt --glue-test as missing. `hint`: what to say when no flag resembles the unknown one
+    (default: '<prog> --help lists every flag')."""
+
+    def __init__(self, *args, hint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint or f"{self.prog} --help lists every flag"
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        required = [a for a in self._actions if a.required] + \
+            [g for g in self._mutually_exclusive_groups if g.required]
+        for x in required:  # a first pass with nothing required, to find the unknown flags
+            x.required = False
+        try:
+            _, unknown = self.parse_known_args(args)
+        finally:
+            for x in required:
+                x.required = True
+        if unknown:
+            self.error("unrecognized arguments: " + " ".join(unknown))
+        return super().parse_args(args, namespace)
 
     def error(self, message):
         if message.startswith("unrecognized arguments:"):
-            message += suggestion(message.split(":", 1)[1].split(), self._option_string_actions)
+            message += suggestion(message.split(":", 1)[1].split(), self._option_string_actions, self.hint)
         super().error(message)
 
 
-def suggestion(unknown: list, actions: dict) -> str:
+def suggestion(unknown: list, actions: dict, hint: str = "train.py --help lists every flag") -> str:
     """'; did you mean --lr?' for the first unknown flag that resembles one: the same name with '-'
-    for '_', a near spelling, or words its help uses (--learning_rate: 'peak learning rate')."""
+    for '_', a near spelling, or words its help uses (--learning_rate: 'peak learning rate');
+    else '; ' + hint."""
     flags = [f for f in actions if f.startswith("--")]
     for token in unknown:
         name = token.split("=")[0].lower().replace("_", "-")
@@ -55,7 +79,7 @@ def suggestion(unknown: list, actions: dict) -> str:
             [f for f in flags if len(words) > 3 and words in (actions[f].help or "").lower()][:1]
         if close:
             return f"; did you mean {close[0]}?"
-    return "; train.py --help lists every flag"
+    return f"; {hint}"
 
 
 def add_flags(groups: dict, cls, skip=(), shown=None):

@@ -24,12 +24,13 @@ import data
 import glue
 import saving
 from config import value_problems
+from flags import Parser
 
 DEFAULT_MAX_LENGTH = 128  # train.py's default; a run's own --max-length is read from its results.json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n")[0])
+    p = Parser(prog="predict.py", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="a run's best.safetensors (saving.save_trainable)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--glue-test", action="store_true", help="write GLUE's submission file for the run's task")
@@ -80,7 +81,8 @@ def check_max_length(model, max_length: int, checkpoint: Path):
 
 
 def load(checkpoint: Path, device) -> tuple:
-    """(model in eval mode, tokenizer, glue Task) from a save_trainable file; errors name the file."""
+    """(model in eval mode, tokenizer, glue Task) from a save_trainable file; errors name the file. A
+    results.json beside it must be its run's (the same task and method), or both files are named."""
     if not checkpoint.is_file():
         raise ValueError(f"{checkpoint}: no such checkpoint file")
     try:
@@ -89,6 +91,10 @@ def load(checkpoint: Path, device) -> tuple:
         raise ValueError(f"{checkpoint}: not a safetensors file ({e})") from None
     if meta["task"] not in glue.TASKS:
         raise ValueError(f"{checkpoint}: task {meta['task']!r} is not a GLUE task of ours {sorted(glue.TASKS)}")
+    # the results.json beside it gives the default --max-length: it must be this checkpoint's run
+    saving.check_run_beside(checkpoint, meta["task"], meta["method"], "; the two belong to different runs (or one "
+                            "was edited), and predict.py reads max_length from it: move it away or pass the right "
+                            "checkpoint")
     return model.eval(), tokenizer, glue.get_task(meta["task"])
 
 

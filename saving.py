@@ -41,6 +41,7 @@ TENSORS_ONLY_FORMAT = "bertfit-trainable/2"  # the same, written before the head
 UNVERIFIED_FORMAT = "bertfit-trainable/1"  # the same, written before files carried a tensor digest
 HEADER_FIELDS = ("method", "method_config", "base_model", "task", "num_labels", "pooling", "frozen_digest",
                  "meta")  # what load_trainable reads from every save_trainable header
+LATER_FIELDS = {TENSORS_ONLY_FORMAT: ("header_digest",), UNVERIFIED_FORMAT: ("tensor_digest", "header_digest")}
 RESUME_FORMAT = "bertfit-resume/1"
 FULL_DISK_BYTES = 64 << 20  # free space below which a failed torch.save is taken for a full disk  # the "format" entry of a resume.pt
 
@@ -83,7 +84,8 @@ def header_digest(header: dict) -> str:
 def read_tensors(path) -> tuple:
     """(tensors, header) of a save_trainable file; a file that is unreadable, truncated, lacks a header
     field, or whose header or tensor bytes differ from the digests saved with them is refused with an
-    error naming it. Files of the two earlier formats load with a warning saying what is not verified."""
+    error naming it. Files of the two earlier formats load with a warning saying what is not verified;
+    one labelled with an earlier format that carries a later format's digest field is refused."""
     try:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
@@ -98,6 +100,10 @@ def read_tensors(path) -> tuple:
     missing = [k for k in required if k not in header]
     if missing:
         raise ValueError(f"{path}: the header has no field {missing[0]!r} (a {version} file has {list(required)})")
+    later = [k for k in LATER_FIELDS.get(version, ()) if k in header]
+    if later:  # a newer file relabelled as older, to load without its digests being checked
+        raise ValueError(f"{path}: corrupted: its header says format {version!r} but has the field {later[0]!r}, "
+                         "which only a later format writes: its format was edited after saving?")
     if version == FORMAT and header_digest(header) != header["header_digest"]:
         raise ValueError(f"{path}: corrupted: its header (method and options, task, labels, pooling, base model, "
                          "frozen-weights digest) does not match the sha256 saved with it: edited after saving?")
@@ -108,6 +114,21 @@ def read_tensors(path) -> tuple:
     if version == TENSORS_ONLY_FORMAT:
         warnings.warn(f"{path}: written before checkpoints carried a header digest; its header cannot be verified")
     return tensors, header
+
+
+def check_run_beside(path, task: str, method: str, why: str):
+    """Refuse a checkpoint whose task or method differ from the config of the results.json beside it (the
+    run that saved it), naming both files; `why`: what the disagreement means to the caller. A results.json
+    that is absent, not JSON, or silent on a field checks nothing."""
+    results = Path(path).parent / "results.json"
+    try:
+        config = json.loads(results.read_text())["config"]
+    except (OSError, ValueError, LookupError, TypeError):
+        return
+    for field, ours in (("task", task), ("method", method)):
+        theirs = config.get(field) if isinstance(config, dict) else None
+        if theirs is not None and theirs != ours:
+            raise ValueError(f"{path}: its header says {field} {ours!r}, but {results} beside it says {theirs!r}{why}")
 
 
 def read_header(header: dict, path) -> tuple:
@@ -240,10 +261,15 @@ def copy_named(target: dict, tensors: dict, source):
 
 def load_trainable(path, device="cpu") -> tuple:
     """Rebuild (model, tokenizer, meta) from a save_trainable file: load_pretrained(base, num_labels,
-    pooling), apply_method, load the trainable tensors, check the frozen digest. The model comes back in
-    eval mode (dropout off: one input, one output); call model.train() to train it further."""
+    pooling), apply_method, load the trainable tensors, check the frozen digest. A file of an earlier format
+    (no header digest) must agree on task and method with the results.json beside it, when there is one.
+    The model comes back in eval mode (dropout off: one input, one output); call model.train() to train
+    it further."""
     tensors, header = read_tensors(path)  # refuses a corrupt file before the base model loads
     cfg, num_labels, saved_meta = read_header(header, path)
+    if header["format"] != FORMAT:  # no header digest: the run's own record is the only check there is
+        check_run_beside(path, header["task"], cfg.method, f"; a {header['format']} header carries no digest and "
+                         "cannot be verified: edited after saving?")
     model, tokenizer = load_pretrained(header["base_model"], num_labels=num_labels, pooling=header["pooling"],
                                        verbose=False)
     trainable = apply_method(model, cfg)

@@ -51,10 +51,14 @@ class BertTokenizer:
             tok = Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token="[UNK]"))
         except Exception as e:  # the Rust library's bare Exception: unreadable, not UTF-8
             raise ValueError(f"{vocab_path}: not a readable vocabulary ({e})") from None
+        if tok.get_vocab_size() == 0:
+            raise ValueError(f"{vocab_path}: no tokens (an empty vocabulary)")
         tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                     strip_accents=None, lowercase=lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        if None in (cls_id, sep_id):
+            raise ValueError(f"{vocab_path}: vocabulary lacks [CLS] or [SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])

@@ -16,7 +16,6 @@ A mirror holding the five source files by name (CoLA.zip, STS-B.zip, msr_paraphr
 msr_paraphrase_test.txt, mrpc_dev_ids.tsv) can stand in for the official URLs: pass --base-url
 or set GLUE_BASE_URL.
 """
-import argparse
 import hashlib
 import http.client
 import os
@@ -29,6 +28,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from flags import Parser
 from glue import TASKS, Task, get_task
 
 GLUE_DATA_URL = "https://dl.fbaipublicfiles.com/glue/data"  # CoLA.zip, STS-B.zip, ...
@@ -221,13 +221,16 @@ def ensure_task(task, data_dir, base_url: str | None = None) -> Path:
     Files already there are not fetched again; each is checked against its pinned sha256 and a
     mismatch is reported with a warning that names the file (a hand-made copy still runs, but its
     results are not comparable). Missing files are downloaded, verified and renamed into place;
-    an error names the URL or file and the expected against the received size and sha256."""
+    an error names the URL or file and the expected against the received size and sha256. Where a
+    file goes and something else is (a directory), that is an error naming it: nothing is fetched."""
     task = get_task(task) if isinstance(task, str) else task
     data_dir = Path(data_dir)
     task_dir = data_dir / task.dir_name
     missing = []
     for split, spec in task.files.items():
         path = task_dir / spec.name
+        if path.exists() and not path.is_file():  # a directory (or a device...) where a file goes: never replaced
+            raise DownloadError(f"{path}: exists and is not a regular file; move it away and run again")
         if not path.is_file():
             missing.append(spec.name)
         elif (got := sha256_of(path)) != spec.sha256:
@@ -259,7 +262,7 @@ def ensure_task(task, data_dir, base_url: str | None = None) -> Path:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m glue.download", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--dir", default=None, help="data directory (default: $GLUE_DIR, else "
                         f"{DEFAULT_DATA_DIR})")

@@ -14,9 +14,9 @@ alone). A hand-written ANALYSIS.md in the directory is included verbatim. Given 
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
+from flags import Parser
 from study import claims
 from study.plots import plot_cost, plot_differences, plot_epochs, plot_fractions, plot_time
 from study.runs import METHODS, METRIC_LABEL, NOT_READ, TASKS, baseline, fmt, group, is_budget, largest_fraction, \
@@ -323,10 +323,12 @@ def budget_comparison(budget, diffs) -> list:
 
 def report(root) -> Path:
     root = Path(root)
+    if (root / "RESULTS.md").exists() and not (root / "RESULTS.md").is_file():  # before the plots are drawn
+        raise SystemExit(f"error: {root / 'RESULTS.md'}: exists and is not a file (a directory?); move it away")
     runs, ignored = load(root)
     tuning = tuning_table(root)
     if not runs and not tuning:
-        raise SystemExit(f"{root}: no finished results.json below it ({len(ignored)} unfinished)")
+        raise SystemExit(f"{root}: no finished results.json below it ({len(ignored)} unfinished or ignored)")
     if not runs:  # the tuning stage so far: its table alone
         out = root / "RESULTS.md"
         out.write_text("\n".join(["# Results", "", "No run of the grid has finished yet: the tuning stage so far.",
@@ -363,26 +365,32 @@ def report(root) -> Path:
         lines += ["## Analysis", "", analysis.read_text()]
     out = root / "RESULTS.md"
     out.write_text("\n".join(lines))
-    print(f"wrote {out} and {len(plots)} plots from {len(runs)} runs ({len(ignored)} unfinished ignored)")
+    print(f"wrote {out} and {len(plots)} plots from {len(runs)} runs ({len(ignored)} ignored: unfinished, failed, "
+          "duplicates or not trusted)")
     skipped = [r for r in ignored if str(r.get("status")).startswith(NOT_READ)]
     if skipped:
-        print(f"skipped {len(skipped)} runs it cannot read: " + "; ".join(f"{r['dir']} ({r['status']})" for r in skipped))
+        print(f"skipped {len(skipped)} runs it cannot read or trust: "
+              + "; ".join(f"{r['dir']} ({r['status']})" for r in skipped))
     return out
 
 
-if __name__ == "__main__":
-    usage = ("usage: python -m study.report RESULTS_DIR  (writes RESULTS_DIR/RESULTS.md and its plots)\n"
-             "one run's directory (a results.json in it): its curves, as python -m study.curves RUN_DIR draws them")
-    if sys.argv[1:] in (["-h"], ["--help"]):
-        print(usage)
-        raise SystemExit(0)
-    if len(sys.argv) != 2:
-        print(usage, file=sys.stderr)
-        raise SystemExit(2)
-    if not Path(sys.argv[1]).is_dir():
-        raise SystemExit(f"error: {sys.argv[1]}: no such study folder")
-    if (Path(sys.argv[1]) / "results.json").is_file():  # a run, not a study: its picture, not tables of one run
+def main(argv=None):
+    p = Parser(prog="python -m study.report", usage="%(prog)s RESULTS_DIR  (writes RESULTS_DIR/RESULTS.md and its "
+               "plots)", description="Given one run's directory (a results.json in it): its curves, as python -m "
+               "study.curves RUN_DIR draws them.", hint="python -m study.report takes one study folder, no options")
+    p.add_argument("folder", metavar="RESULTS_DIR", help="a study folder (or one run's directory)")
+    folder = Path(p.parse_args(argv).folder)
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder}: no such study folder")
+    if (folder / "results.json").is_file():  # a run, not a study: its picture, not tables of one run
         from study import curves
-        print(f"{sys.argv[1]} is one run's directory: drawing its curves (python -m study.curves)")
-        raise SystemExit(curves.main(sys.argv[1:]))
-    report(sys.argv[1])
+        print(f"{folder} is one run's directory: drawing its curves (python -m study.curves)")
+        raise SystemExit(curves.main([str(folder)]))
+    try:
+        report(folder)
+    except OSError as e:  # a plot or RESULTS.md that cannot be written: a full disk, a directory in its place
+        raise SystemExit(f"error: {e.filename or folder}: {e.strerror or e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -14,8 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 
 DONE = ("complete", "time_budget")
-NOT_READ = ("unreadable", "not a results file", "its directory is named")  # how an ignored run's status
-# begins when its results.json could not be read as the run it is filed as (read_run, problem, misfiled)
+NESTED = "nested deeper than a study's <cell>/ and tune/<cell>/: not counted"
+NOT_READ = ("unreadable", "not a results file", "its directory is named", "conflicting", NESTED)  # how an
+# ignored run's status begins when it could not be read as, or trusted to be, the run it is filed as
+# (read_run, problem, misfiled, flag_duplicates, load)
 METHODS = ("full", "bitfit", "adapter", "lora", "head", "prompt", "prefix", "ia3")  # display order; hybrids after
 TASKS = ("mrpc", "cola", "stsb")
 METRIC_LABEL = {"f1": "F1", "matthews": "Matthews corr.", "pearson": "Pearson r", "spearman": "Spearman rho",
@@ -27,10 +29,15 @@ MIB = 2 ** 20
 
 def load(root: Path, tuning=False):
     """-> (finished runs, ignored runs); each run is its results dict plus "dir". The grid's runs,
-    or with tuning=True the tuning stage's (under tune/)."""
+    or with tuning=True the tuning stage's (under tune/). A study holds its runs one level down
+    (study/<cell>/, study/tune/<cell>/): a results.json deeper (a backup/ copy) is ignored, and named."""
     runs, ignored = [], []
-    for path in sorted((root / "tune" if tuning else root).rglob("results.json")):
+    base = root / "tune" if tuning else root
+    for path in sorted(base.rglob("results.json")):
         if not tuning and path.relative_to(root).parts[0] == "tune":
+            continue
+        if len(path.relative_to(base).parts) > 2:
+            ignored.append({"dir": path.parent.relative_to(root).as_posix(), "status": NESTED})
             continue
         r = read_run(path)
         r["dir"] = path.parent.relative_to(root).as_posix()
@@ -149,18 +156,43 @@ def read_results(run_dir: Path):
 
 def flag_duplicates(runs, ignored, tuning=False):
     """Two finished runs of one (task, method, frac, seed, budget or not; and rate, among tuning runs)
-    in one study would both be counted in a cell as if they were two seeds: the first (by directory)
-    is kept, every other one is moved to the ignored runs, marked as a duplicate of it. -> (runs, ignored)."""
-    first, kept = {}, []
+    in one study would both be counted in a cell as if they were two seeds. The one in the directory
+    named for the cell (study/presets.py Run.name; misfiled has checked that name) is kept, else the
+    first by directory; another with the same numbers is ignored as its duplicate, one with other numbers
+    as a conflicting copy. Where none is in the cell's own directory and their numbers differ, nothing
+    says which is real: all are left out, as conflicting. -> (runs, ignored)."""
+    cells = defaultdict(list)
     for r in runs:
-        key = (r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0,
-               r["config"].get("lr") if tuning else None)
-        if key in first:
-            ignored.append({**r, "status": f"duplicate of {first[key]['dir']}"})
-        else:
-            first[key] = r
-            kept.append(r)
-    return kept, ignored
+        cells[(r["task"], r["method"], r["frac"], r["seed"], r["config"].get("time_budget", 0) > 0,
+               r["config"].get("lr") if tuning else None)].append(r)
+    kept = []
+    for rs in cells.values():
+        rs.sort(key=lambda r: (not own_cell(r), r["dir"]))
+        first, others = rs[0], rs[1:]
+        differ = [r for r in others if numbers(r) != numbers(first)]
+        if differ and not own_cell(first):
+            names = ", ".join(r["dir"] for r in rs)
+            ignored += [{**r, "status": f"conflicting: {names} ran one configuration with different numbers, and "
+                                        "none sits in the directory named for it"} for r in rs]
+            continue
+        kept.append(first)
+        for r in others:
+            conflicting = any(r is d for d in differ)
+            ignored.append({**r, "status": f"conflicting copy of {first['dir']}: its numbers differ" if conflicting
+                            else f"duplicate of {first['dir']}"})
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), ignored
+
+
+def own_cell(r) -> bool:
+    """Whether a run sits in the directory named for its configuration (misfiled has checked the name)."""
+    return CELL_DIR.match(Path(r["dir"]).name) is not None
+
+
+def numbers(r) -> str:
+    """What the tables read from a run: equal for a copy of it, different for another run."""
+    return json.dumps({k: r.get(k) for k in ("best", "evals", "epochs", "params", "time", "baseline")},
+                      sort_keys=True)
 
 
 def is_budget(r) -> bool:

@@ -35,7 +35,6 @@ sweep started with `&` or nohup ignores Ctrl-C, as every background job does: st
 `kill PID`.) An unsharded sweep ends by writing RESULTS.md and the plots (study/report.py).
 Exit code: 0 all ran or were done, 1 some failed, 130 stopped.
 """
-import argparse
 import json
 import os
 import signal
@@ -45,6 +44,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from flags import Parser
 from study.jobs import Jobs, near, shown, threads_per_job
 from study.presets import PRESETS, Preset, Run, beyond_edges, grid, shard, tuning_grid
 from study.runs import DONE, read_results, study_masks
@@ -78,8 +78,8 @@ def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                epilog="Flags after -- are passed to every train.py unchanged.")
+    p = Parser(prog="python -m study.sweep", description=__doc__.split("\n")[0],
+               epilog="Flags after -- are passed to every train.py unchanged.")
     p.add_argument("--grid", required=True, choices=sorted(PRESETS), help="preset grid")
     p.add_argument("--stage", choices=("all", "tune", "main"), default="all",
                    help="tune: the learning-rate stage only; main: the grid only (needs tuned.json); "

@@ -305,3 +305,48 @@ def test_limits_clip_only_beyond_an_empty_gap():
     assert low < 44
     low, high = plots.limits(bulk, extra=[83.0, 88.0, 150.0])  # error bar ends near the data widen it; far ones not
     assert 82 < low < 83 and 88 < high < 90
+
+
+def test_a_copy_with_other_numbers_is_a_conflict_not_the_cell(tmp_path, capsys):
+    """SR3b: backup/<cell>/ (sorted first) won and the real cell was called its duplicate. A run nested deeper
+    than <cell>/ is ignored with a note; beside the cell, a copy with other numbers is a conflicting copy, one
+    with the same numbers a duplicate; with no run in the cell's own directory, differing ones are all left out."""
+    real = fake_results("mrpc", "bitfit", 1.0, 0, [0.5, 0.9], [0.6, 0.8])
+    write(tmp_path, real)
+    write(tmp_path / "backup", fake_results("mrpc", "bitfit", 1.0, 0, [0.5, 0.9], [0.6, 0.5]))
+    write(tmp_path, fake_results("mrpc", "bitfit", 1.0, 0, [0.5, 0.9], [0.6, 0.7]), "a-copy")
+    write(tmp_path, real, "b-copy")
+    for name, t in (("x", 0.6), ("y", 0.7)):  # seed 1, in two directories not named for it
+        write(tmp_path, fake_results("mrpc", "bitfit", 1.0, 1, [0.5, 0.9], [0.6, t]), name)
+    rs, ignored = runs.load(tmp_path)
+    assert [r["dir"] for r in rs] == ["mrpc-bitfit-f1-s0"] and runs.summarize(rs[0])["best"] == 80.0
+    status = {r["dir"]: r["status"] for r in ignored}
+    assert status == {"backup/mrpc-bitfit-f1-s0": runs.NESTED,
+                      "a-copy": "conflicting copy of mrpc-bitfit-f1-s0: its numbers differ",
+                      "b-copy": "duplicate of mrpc-bitfit-f1-s0",
+                      "x": "conflicting: x, y ran one configuration with different numbers, and none sits in the "
+                           "directory named for it",
+                      "y": status["x"]}
+    text = report.report(tmp_path).read_text()
+    assert "| bitfit | 1 | 1 | 80.00 |" in text and "backup/mrpc-bitfit-f1-s0 (nested deeper than" in text
+    assert "skipped 4 runs it cannot read or trust" in capsys.readouterr().out
+
+
+def test_results_md_that_is_a_directory_is_one_error_line(tmp_path):
+    """SR8: IsADirectoryError with a traceback, after every plot was drawn."""
+    write(tmp_path, fake_results("mrpc", "bitfit", 1.0, 0, [0.5, 0.9], [0.6, 0.8]))
+    (tmp_path / "RESULTS.md").mkdir()
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'RESULTS.md'}: exists and is not a file"):
+        report.main([str(tmp_path)])
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--out", "DIR"], "unrecognized arguments: --out; python -m study.report takes one study folder, no options"),
+    (["--hlep"], "unrecognized arguments: --hlep; did you mean --help?"),
+])
+def test_an_option_report_does_not_take_is_named(argv, said, capsys):
+    """F14: `study.report --out DIR` printed only its usage."""
+    with pytest.raises(SystemExit) as e:
+        report.main(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(said)
