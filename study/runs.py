@@ -130,15 +130,15 @@ def misfiled(r: dict):
 
 
 def study_masks(out: Path):
-    """The dropout masks a study folder's runs drew, so that its new and re-made cells draw theirs the
-    same way: "torch" if a run recorded torch or recorded none (every run from before the option),
-    "fast" if every run recorded fast, None for a folder without runs (train.py's default decides)."""
+    """The dropout masks a study folder's new and re-made cells must be told to draw so that they draw
+    theirs as its runs did: "torch" if a run recorded torch or recorded none (every run from before
+    the option); otherwise None, and train.py's default (auto) decides, as it did for those runs."""
     modes = set()
     for path in [*out.glob("*/results.json"), *out.glob("*/*/results.json")]:
         config = (read_results(path.parent) or {}).get("config")
         if isinstance(config, dict):
-            modes.add(config.get("dropout_masks", "torch"))
-    return None if not modes else "torch" if modes != {"fast"} else "fast"
+            modes.add(config.get("dropout_masks", "torch"))  # "auto" (never recorded by train.py): no say
+    return "torch" if "torch" in modes else None
 
 
 def read_results(run_dir: Path):

@@ -206,5 +206,5 @@ def test_a_studys_new_cells_draw_dropout_masks_as_its_committed_runs_did(tmp_pat
     assert study_masks(tmp_path) == "torch"  # a run from before the option drew torch's masks
     (tmp_path / "mrpc-full-f1-s0" / "results.json").write_text(
         json.dumps({"status": "complete", "config": {"dropout_masks": "fast"}}))
-    assert study_masks(tmp_path) == "fast"
+    assert study_masks(tmp_path) is None  # all drew auto's choice: auto decides again
     assert study_masks(Path(__file__).resolve().parents[1] / "results" / "cpu-minilm-tuned") == "torch"
