@@ -200,6 +200,8 @@ def load_pretrained(name_or_path=DEFAULT_MODEL, num_labels=2, pooling=None, verb
     model_dir = resolve_model_dir(name_or_path)
     pooling = pooling or read_pooling(model_dir)
     config = BertConfig.from_json(model_dir / "config.json", num_labels=num_labels, pooling=pooling)
+    if not (model_dir / "model.safetensors").is_file():  # before the tokenizer: the weights are the point
+        read_safetensors(model_dir / "model.safetensors")  # FileNotFoundError naming it (and any pickle)
     tokenizer = BertTokenizer.from_dir(model_dir)
     check_tokenizer_fits(tokenizer, config, model_dir / "config.json")
     model = BertForSequenceClassification(config)
