@@ -152,18 +152,24 @@ def load_state_dict(model: torch.nn.Module, path) -> LoadReport:
     return report
 
 
+def read_json_object(path, what: str = "a JSON object") -> dict:
+    """A JSON file that must hold an object (a config); errors name the file, and what it should hold."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected {what}, got a {type(raw).__name__}")
+    return raw
+
+
 def read_pooling(model_dir):
     """The pooling a checkpoint declares: "mean" for a sentence-transformers mean-pooling config, else
     "cls"; its pooling_mode_* fields must be JSON booleans, and at most one of cls and mean true."""
     path = Path(model_dir) / "1_Pooling" / "config.json"
     if not path.is_file():
         return "cls"
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got a {type(config).__name__}")
+    config = read_json_object(path)
     modes = {k: v for k, v in config.items() if k.startswith("pooling_mode_")}
     for key, on in modes.items():  # "false" is a non-empty string: truthy, and would pool by mean
         if not isinstance(on, bool):

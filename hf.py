@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 import glue
 from adapters import Adapter, MethodConfig, apply_method, mergeable_layers, trainable_params
-from checkpoint import MINILM_ALIAS, load_pretrained, resolve_model_dir
+from checkpoint import MINILM_ALIAS, load_pretrained, read_json_object, resolve_model_dir
 from ia3 import IA3_TARGETS, IA3Linear
 from lora import LORA_TARGETS, LoRALinear
 from prompts import PrefixEncoder, SoftPrompt
@@ -223,12 +223,7 @@ def read_adapter(path) -> tuple:
         if not f.is_file():
             raise FileNotFoundError(f"{f} does not exist: a PEFT adapter directory holds adapter_config.json "
                                     "and adapter_model.safetensors")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_path}: not JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object of PEFT config fields, got a {type(config).__name__}")
+    config = read_json_object(config_path, "a JSON object of PEFT config fields")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
