@@ -101,3 +101,30 @@ def test_a_product_over_a_row_count_that_is_also_a_width_is_an_error():
     assert breakdown.matmul_part(mm, False, rows={21}, widths={21}) == "matmul fwd"
     with pytest.raises(ValueError, match="sums over 21, both a row count and a layer width"):
         breakdown.matmul_part(mm, True, rows={21}, widths={21})
+
+
+def test_each_batch_is_timed_and_profiled_in_turn_and_the_fastest_of_each_kind_counts(tiny_config, monkeypatch):
+    """Timed and profiled steps alternate, their order swapping from batch to batch; the measured step is
+    the fastest timed run's, and the events kept are the fastest profiled run's (one STEP per batch)."""
+    model = tiny(tiny_config, "cls")
+    trainable = apply_method(model, MethodConfig("bitfit"))
+    bs = batches(tiny_config.vocab_size, n=2)
+    kinds, real_step = [], breakdown.train_step
+    clock = iter([0.0, 5.0, 10.0, 12.0, 20.0, 29.0, 30.0, 34.0])  # timed runs of batch 0: 5, 2; batch 1: 9, 4
+    monkeypatch.setattr(breakdown.time, "perf_counter", lambda: next(clock))
+
+    def step(*args):
+        kinds.append("profiled" if torch.autograd.profiler._is_profiler_enabled else "timed")
+        real_step(*args)
+    monkeypatch.setattr(breakdown, "train_step", step)
+    profiled_runs, profiled_us = [], iter([7.0, 3.0, 1.0, 8.0])  # profiled runs of batch 0: 7, 3; batch 1: 1, 8
+
+    def step_us(events):
+        profiled_runs.append(events)
+        return next(profiled_us)
+    monkeypatch.setattr(breakdown, "step_microseconds", step_us)
+    events, _, measured = breakdown.profiled(model, trainable, bs, None, repeats=2)
+    assert kinds == ["timed"] * 2 + ["timed", "profiled"] * 2 + ["profiled", "timed"] * 2  # untimed pass first
+    assert measured == pytest.approx((2.0 + 4.0) / 2)
+    assert events == profiled_runs[1] + profiled_runs[2]
+    assert len([e for e in events if e.name == breakdown.STEP]) == 2
