@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from model import BertConfig, BertForSequenceClassification
+from model import BertConfig, BertForSequenceClassification, read_json_object
 from runinfo import portable
 from tokenizer import BertTokenizer
 
@@ -150,17 +150,6 @@ def load_state_dict(model: torch.nn.Module, path) -> LoadReport:
             report.loaded.append(new)
     report.new = missing
     return report
-
-
-def read_json_object(path, what: str = "a JSON object") -> dict:
-    """A JSON file that must hold an object (a config); errors name the file, and what it should hold."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected {what}, got a {type(raw).__name__}")
-    return raw
 
 
 def read_pooling(model_dir):

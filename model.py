@@ -33,6 +33,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def read_json_object(path, what: str = "a JSON object") -> dict:
+    """A JSON file that must hold an object (a config); errors name the file, and what it should hold.
+    Here, not in checkpoint.py, because model.py imports only torch; checkpoint.py and hf.py use it too."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected {what}, got a {type(raw).__name__}")
+    return raw
+
+
 @dataclass
 class BertConfig:
     vocab_size: int = 30522  # WordPiece vocabulary size
@@ -56,12 +68,7 @@ class BertConfig:
         """Build from an HF config.json; unknown HF fields are ignored, absent ones take the defaults above
         (as transformers does), `overrides` win. Invalid JSON, a JSON value that is not an object, a value
         of the wrong type or out of range: ValueError naming the file and the field."""
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object of config fields, got a {type(raw).__name__}")
+        raw = read_json_object(path, "a JSON object of config fields")
         known = {f.name for f in fields(cls)}
         try:
             config = cls(**{k: v for k, v in {**raw, **overrides}.items() if k in known})
