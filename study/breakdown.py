@@ -48,9 +48,10 @@ STEP, FORWARD = "breakdown::step", "breakdown::forward"  # record_function scope
 BACKWARD, OPTIMIZER = "breakdown::backward", "breakdown::optimizer"
 PARTS = ("matmul fwd", "matmul input-grad", "matmul weight-grad", "attention", "dropout masks",
          "elementwise+norm", "casts/copies", "optimizer", "unattributed")
-STEPS = 10  # batches per method, and the times each is trained on per kind (timed, profiled): the same
-REPEATS = 3  # step's time varies by up to 10 % from one run to the next on a shared 2-core VM, and 5
-#             batches, each timed once then profiled once, put the parts at 0.92-1.08 of the step
+# One step's time varies by up to 10 % between runs of it on a shared 2-core VM: 5 batches, each timed
+# once and profiled once, put the parts at 0.92-1.08 of the measured step; these gave 0.995-1.044
+STEPS = 10  # batches per method
+REPEATS = 3  # runs of each batch per kind (timed, profiled); the fastest of each kind counts
 MASKS = re.compile(r"^(aten::bernoulli_?|dropout::masks)$")
 MATMUL = re.compile(r"^aten::(mm|addmm)$")
 RULES = (  # (part, anchored pattern over event names): the outermost enclosing event that matches decides
@@ -184,19 +185,21 @@ def profiled(model, trainable: list, batches: list, amp_dtype, repeats: int = RE
     rows, hooks = row_counts(model)  # on in both kinds of step: the same work
     measured, events = 0.0, []
     for i, b in enumerate(batches):
-        fastest, fastest_profiled = math.inf, (math.inf, [])
+        fastest, fastest_profiled, kept = math.inf, math.inf, []
         for timed in ((True, False) if i % 2 == 0 else (False, True)) * repeats:
             if timed:
                 start = time.perf_counter()  # CPU work is synchronous: the clock needs no synchronisation
                 train_step(model, params, optimizer, scaler, b, amp_dtype)
                 fastest = min(fastest, time.perf_counter() - start)
-            else:
-                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                    train_step(model, params, optimizer, scaler, b, amp_dtype)
-                step = prof.events()
-                fastest_profiled = min(fastest_profiled, (step_microseconds(step), step), key=lambda x: x[0])
+                continue
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                train_step(model, params, optimizer, scaler, b, amp_dtype)
+            run = prof.events()
+            microseconds = step_microseconds(run)
+            if microseconds < fastest_profiled:
+                fastest_profiled, kept = microseconds, run
         measured += fastest
-        events += fastest_profiled[1]
+        events += kept
     for h in hooks:
         h.remove()
     return events, rows, measured / len(batches)
